@@ -1,0 +1,153 @@
+"""Every knob of a run, with its default and what it means. Algorithm files override a few fields.
+
+Defaults follow REFERENCE.md section 1 (DomainBed style, as the method's paper). Presets, selected with the
+argument after the colon (`--config=configs/boda.py:quick`), change the scale of a run, not the method:
+
+* `paper`   (default): 224 px, ResNet-50 from ImageNet weights, 5001 steps, 32 images per source domain.
+* `quick`:  a CPU run of a few minutes on the embedded synthetic data: 64 px, ResNet-18 from scratch,
+            2 folds, a short schedule with BoDA switched on early.
+* `tiny`:   seconds; used by the tests (ResNet-10, 32 px, a handful of steps).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PRESETS = ("paper", "quick", "tiny")
+SYNTHETIC_SOURCES = ("synthetic_wbc/matek19_like", "synthetic_wbc/acevedo20_like")
+SYNTHETIC_TARGET = "synthetic_wbc/int20_like"
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The paper setting for ERM; algorithm files override `algorithm` and their loss fields."""
+  c = ml_collections.ConfigDict()
+  c.algorithm = "erm"  # erm | coral | mmd | dann | cdann | boda | boda_decoupled (see wbcdg_jax/algorithms.py)
+  c.seed = 0
+  c.workdir = "runs/default"  # checkpoints, metrics and logs are written here
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = "data"  # where build_data.py wrote the array_record datasets
+  c.data.sources = SYNTHETIC_SOURCES  # training domains, in domain-index order
+  c.data.target = SYNTHETIC_TARGET  # the unseen domain ("" for none)
+  c.data.synthetic_scale = 0.02  # fraction of the real dataset sizes generated for synthetic_wbc domains
+  c.data.build_if_missing = True  # only synthetic domains are ever built automatically
+  c.data.stored_size = 256  # px side of the stored images (builder option)
+  c.data.fov_um = 25.0  # physical field of view every image is cropped to (builder option)
+  c.data.num_folds = 5
+  c.data.fold = 0  # fold k of num_folds is the validation split of every domain
+  c.data.target_split = "fold"  # 'fold': the target's fold-k part is its test split; 'all': all target images
+  c.data.per_domain_batch = 32  # training images per source domain per step (total = this * len(sources))
+  c.data.eval_batch = 128
+  c.data.num_workers = 0  # grain worker processes (0 reads in the main process with threads)
+  c.data.prefetch = 2  # batches prefetched onto the devices
+
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 50
+  c.model.image_size = 224  # px side fed to the network (after augmentation)
+  c.model.bn_mode = "frozen"  # 'frozen': running statistics fixed, scale/bias trained; or 'train'
+  c.model.dtype = "bfloat16"  # compute dtype; parameters and losses stay float32
+  c.model.head = "mlp"  # 'linear' or 'mlp'
+  c.model.mlp_width = 512
+  c.model.dropout = 0.0  # feature dropout before the head (0 / 0.1 / 0.5 in the searches)
+
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""  # converted ImageNet weights (launch/convert_weights.py); '' = random init (warned)
+  c.init.stage1_workdir = ""  # decoupled stage 2: the stage-1 run to load the encoder from
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"  # 'adam' or 'adamw'
+  c.optim.lr = 5e-5
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 0.0  # global-norm clipping; 0 disables it
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 5001
+  c.train.log_every = 50
+  c.train.eval_every = 300  # source-validation evaluation (and model selection) cadence
+  c.train.checkpoint_every = 300
+  c.train.keep_checkpoints = 2
+  c.train.on_nonfinite = "stop"  # 'stop' the run naming the step, or 'skip' the update and count it
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = True
+  c.augment.crop_scale = (0.7, 1.0)
+  c.augment.hflip = True
+  c.augment.vflip = True
+  c.augment.rotate_degrees = 180.0
+  c.augment.brightness = 0.3
+  c.augment.contrast = 0.3
+  c.augment.saturation = 0.3
+  c.augment.hue = 0.3
+  c.augment.grayscale_p = 0.1
+  c.augment.blur_p = 0.5
+
+  # Loss terms. Every algorithm reads only the fields its table entry names (wbcdg_jax/algorithms.py).
+  c.coral = ml_collections.ConfigDict()
+  c.coral.weight = 1.0  # DomainBed mmd_gamma for CORAL; BoDA's macro_weight
+  c.mmd = ml_collections.ConfigDict()
+  c.mmd.weight = 1.0
+  c.dann = ml_collections.ConfigDict()
+  c.dann.weight = 1.0  # weight of the domain-adversarial loss
+  c.dann.schedule = "ganin"  # 'ganin': lambda_p = 2 / (1 + exp(-10 p)) - 1; 'constant': lambda = dann.lambda_
+  c.dann.lambda_ = 1.0
+  c.dann.width = 256
+  c.dann.depth = 3
+  c.dann.dropout = 0.0
+  c.dann.lr = 5e-5  # discriminator learning rate
+  c.boda = ml_collections.ConfigDict()
+  c.boda.weight = 0.1
+  c.boda.nu = 0.5
+  c.boda.temperature = 1.0
+  c.boda.momentum = 0.2
+  c.boda.start_step = 500
+  c.boda.feat_update_freq = 120
+  c.boda.metric = "euclidean"  # 'euclidean' or 'mahalanobis'
+  c.boda.covariance = "diag"  # Mahalanobis only: 'diag' or 'full' (shrunk)
+  c.boda.shrinkage = 0.1  # Mahalanobis only: weight of the scaled identity in the shrunk covariance
+  c.decoupled = ml_collections.ConfigDict()
+  c.decoupled.steps = 1000  # stage-2 (classifier re-training) steps
+  c.decoupled.lr = 5e-5
+  return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+  """Applies the scale preset named after the colon in `--config=configs/X.py:PRESET`."""
+  preset = preset or "paper"
+  if preset not in PRESETS:
+    raise ValueError(f"unknown config preset {preset!r}; choose one of {PRESETS}")
+  c.workdir = f"runs/{c.algorithm}_{preset}"
+  if preset in ("quick", "tiny"):
+    c.data.stored_size = 64
+    c.data.num_folds = 2
+    c.data.per_domain_batch = 16
+    c.data.eval_batch = 64
+    c.model.depth = 18
+    c.model.image_size = 64
+    c.model.dtype = "float32"  # bfloat16 convolutions are slow on CPUs
+    c.optim.lr = 1e-3  # from scratch, no ImageNet weights: a larger step size
+    c.dann.lr = 1e-3
+    c.decoupled.lr = 1e-3
+    c.train.steps = 300
+    c.train.log_every = 10
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    c.boda.start_step = 100
+    c.boda.feat_update_freq = 50
+    c.decoupled.steps = 100
+  if preset == "tiny":
+    c.data.synthetic_scale = 0.004
+    c.data.stored_size = 32
+    c.data.per_domain_batch = 4
+    c.data.eval_batch = 16
+    c.model.depth = 10
+    c.model.image_size = 32
+    c.model.mlp_width = 32
+    c.dann.width = 16
+    c.train.steps = 4
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 2
+    c.boda.start_step = 2
+    c.boda.feat_update_freq = 2
+    c.decoupled.steps = 2
+  return c

@@ -1,0 +1,289 @@
+"""On-device image augmentation and evaluation preprocessing (inside jit; uint8 host batches in, float32 out).
+
+Training (`augment_batch`), per example with its own PRNG key (the batch key is split B ways and the per-example
+function is vmapped, so there is no Python loop and the whole batch is one fused jitted computation):
+
+1. Geometry in ONE bilinear resampling: random resized crop (area fraction U(crop_scale), log aspect ratio
+   U(log crop_ratio), side lengths clipped to the image instead of torchvision's rejection loop, centre uniform
+   such that the unrotated crop lies inside the image), horizontal / vertical flips (p 0.5 each), rotation by
+   U(-rotate_degrees, rotate_degrees) about the crop centre. The output grid is mapped back into the source image;
+   points that fall outside it are mirrored back in (`pad_mode='reflect'`, default) or clamped to the edge
+   ('nearest'), never filled with black: a smear's background is light. Rotating the crop window (rather than
+   rotating the cropped image) pulls real neighbouring pixels into the corners where they exist.
+   If the source is much larger than needed (S > out_size / smallest crop side fraction), the batch is first
+   resized with an antialiasing filter so the bilinear crop never minifies strongly (no aliasing at small
+   out_size such as 64 px from 256 px sources).
+2. Color jitter with torchvision ColorJitter semantics, in the fixed order brightness, contrast, saturation, hue
+   (torchvision draws a random order; a fixed order avoids computing all orders under vmap):
+   brightness factor U(max(0, 1-x), 1+x) multiplies the image; contrast factor U(max(0, 1-x), 1+x) blends with the
+   mean of the grayscale image; saturation factor U(max(0, 1-x), 1+x) blends with the per-pixel grayscale;
+   hue shift U(-x, x) is a fraction of the hue circle (x <= 0.5). Values are clipped to [0, 1] after each op.
+   A value of 0 switches an op off.
+3. Random grayscale with probability grayscale_p (rec601 luma, 3 channels).
+4. Gaussian blur with probability blur_p, sigma U(blur_sigma) in pixels of the OUTPUT image (scale it with
+   out_size: (0.1, 2.0) is the torchvision/SimCLR setting at 224 px), separable kernel truncated at 3 * max sigma
+   (radius capped below out_size), reflect-padded at the borders.
+5. ImageNet normalization: (x / 255 - mean) / std with mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+
+Evaluation (`preprocess_eval`): antialiased bilinear resize to out_size (identity when sizes match) + normalize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PAD_MODES = ("reflect", "nearest")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+  """Training augmentation settings (hashable: a static argument of the jitted functions).
+
+  Attributes:
+    crop_scale: (lo, hi) area fraction of the random resized crop, 0 < lo <= hi <= 1.
+    crop_ratio: (lo, hi) aspect ratio width/height range (sampled log-uniformly).
+    hflip, vflip: random horizontal / vertical flips with probability 0.5.
+    rotate_degrees: maximum absolute rotation angle in degrees (0 = off).
+    brightness, contrast, saturation: jitter strengths x (factor U(max(0, 1-x), 1+x)); 0 = off.
+    hue: hue shift U(-x, x) as a fraction of the color circle, 0 <= x <= 0.5; 0 = off.
+    grayscale_p: probability of converting to grayscale.
+    blur_p: probability of a Gaussian blur.
+    blur_sigma: (lo, hi) blur sigma in output pixels.
+    pad_mode: how samples outside the source image are filled: 'reflect' (mirror) or 'nearest' (edge).
+    enabled: False makes `augment_batch` equal to `preprocess_eval`.
+  """
+  crop_scale: tuple[float, float] = (0.7, 1.0)
+  crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+  hflip: bool = True
+  vflip: bool = True
+  rotate_degrees: float = 180.0
+  brightness: float = 0.3
+  contrast: float = 0.3
+  saturation: float = 0.3
+  hue: float = 0.3
+  grayscale_p: float = 0.1
+  blur_p: float = 0.5
+  blur_sigma: tuple[float, float] = (0.1, 2.0)
+  pad_mode: str = "reflect"
+  enabled: bool = True
+
+  def __post_init__(self):
+    for name in ("crop_scale", "crop_ratio", "blur_sigma"):  # Lists (from configs) -> hashable tuples.
+      value = tuple(float(v) for v in getattr(self, name))
+      if len(value) != 2 or not 0 < value[0] <= value[1]:
+        raise ValueError(f"AugmentOptions.{name} must be (lo, hi) with 0 < lo <= hi, got {value}")
+      object.__setattr__(self, name, value)
+    if self.crop_scale[1] > 1:
+      raise ValueError(f"AugmentOptions.crop_scale must be <= 1, got {self.crop_scale}")
+    for name in ("rotate_degrees", "brightness", "contrast", "saturation", "hue"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"AugmentOptions.{name} must be >= 0, got {getattr(self, name)}")
+    if self.hue > 0.5:
+      raise ValueError(f"AugmentOptions.hue must be <= 0.5 (half the color circle), got {self.hue}")
+    for name in ("grayscale_p", "blur_p"):
+      if not 0 <= getattr(self, name) <= 1:
+        raise ValueError(f"AugmentOptions.{name} must be a probability in [0, 1], got {getattr(self, name)}")
+    if self.pad_mode not in _PAD_MODES:
+      raise ValueError(f"AugmentOptions.pad_mode must be one of {_PAD_MODES}, got {self.pad_mode!r}")
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any] | Any) -> AugmentOptions:
+    """Builds options from a mapping (or an ml_collections ConfigDict); unknown keys raise ValueError."""
+    if hasattr(d, "to_dict"):
+      d = d.to_dict()
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"AugmentOptions.from_dict: unknown keys {unknown}; valid keys are {sorted(known)}")
+    return cls(**dict(d))
+
+  @classmethod
+  def off(cls) -> AugmentOptions:
+    """No augmentation: every transform neutral and enabled=False (augment_batch == preprocess_eval)."""
+    return cls(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, vflip=False, rotate_degrees=0.0,
+               brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.0,
+               enabled=False)
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  """float32 [..., 3] in [0, 1] -> ImageNet-normalized float32."""
+  return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+
+
+def _resize(x: jax.Array, size: int) -> jax.Array:
+  """float32 [B,H,W,3] -> [B,size,size,3], antialiased bilinear (identity when H == W == size)."""
+  if x.shape[1:3] == (size, size):
+    return x
+  return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method="linear", antialias=True)
+
+
+@functools.partial(jax.jit, static_argnames=("out_size",))
+def preprocess_eval(images: jax.Array, *, out_size: int) -> jax.Array:
+  """Evaluation preprocessing.
+
+  Args:
+    images: uint8 [B, H, W, 3] RGB.
+    out_size: output side in pixels.
+
+  Returns:
+    float32 [B, out_size, out_size, 3], ImageNet-normalized.
+  """
+  return _normalize(_resize(images.astype(jnp.float32) / 255.0, out_size))
+
+
+def _mirror(p: jax.Array, size: int) -> jax.Array:
+  """Mirrors pixel coordinates into [0, size - 1] about the edge pixel centres (scipy 'mirror' mode)."""
+  if size == 1:
+    return jnp.zeros_like(p)
+  period = 2.0 * (size - 1)
+  t = jnp.mod(p, period)
+  return (size - 1) - jnp.abs(t - (size - 1))
+
+
+def _bilinear(img: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
+  """Samples img [H,W,C] at float pixel coordinates py, px [h,w] (clamped to the image) -> [h,w,C]."""
+  h, w = img.shape[:2]
+  py = jnp.clip(py, 0.0, h - 1.0)
+  px = jnp.clip(px, 0.0, w - 1.0)
+  y0 = jnp.floor(py)
+  x0 = jnp.floor(px)
+  wy = (py - y0)[..., None]
+  wx = (px - x0)[..., None]
+  y0 = y0.astype(jnp.int32)
+  x0 = x0.astype(jnp.int32)
+  y1 = jnp.minimum(y0 + 1, h - 1)
+  x1 = jnp.minimum(x0 + 1, w - 1)
+  top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
+  bottom = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
+  return top * (1 - wy) + bottom * wy
+
+
+def _geometry(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions) -> jax.Array:
+  """Random resized crop + flips + rotation as one resampling: img [H,W,3] -> [out,out,3]."""
+  h, w = img.shape[:2]
+  k_area, k_ratio, k_cy, k_cx, k_fy, k_fx, k_rot = jax.random.split(key, 7)
+  area = jax.random.uniform(k_area, (), minval=opt.crop_scale[0], maxval=opt.crop_scale[1])
+  log_ratio = jax.random.uniform(k_ratio, (), minval=math.log(opt.crop_ratio[0]),
+                                 maxval=math.log(opt.crop_ratio[1]))
+  ratio = jnp.exp(log_ratio)
+  crop_h = jnp.minimum(jnp.sqrt(area / ratio), 1.0) * h  # Crop sides in source pixels.
+  crop_w = jnp.minimum(jnp.sqrt(area * ratio), 1.0) * w
+  cy = jax.random.uniform(k_cy, (), minval=crop_h / 2, maxval=h - crop_h / 2)
+  cx = jax.random.uniform(k_cx, (), minval=crop_w / 2, maxval=w - crop_w / 2)
+  if opt.vflip:
+    crop_h = jnp.where(jax.random.bernoulli(k_fy), -crop_h, crop_h)
+  if opt.hflip:
+    crop_w = jnp.where(jax.random.bernoulli(k_fx), -crop_w, crop_w)
+  # Output pixel centres in [-0.5, 0.5], scaled to the (possibly flipped) crop.
+  grid = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) / out_size - 0.5
+  uy = grid[:, None] * crop_h
+  ux = grid[None, :] * crop_w
+  if opt.rotate_degrees > 0:
+    theta = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-opt.rotate_degrees, maxval=opt.rotate_degrees))
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    uy, ux = cos * uy - sin * ux, sin * uy + cos * ux
+  # Continuous coordinates put pixel k's centre at k + 0.5; array coordinates at k.
+  py = cy + uy - 0.5
+  px = cx + ux - 0.5
+  if opt.pad_mode == "reflect":
+    py, px = _mirror(py, h), _mirror(px, w)
+  return _bilinear(img, jnp.broadcast_to(py, (out_size, out_size)), jnp.broadcast_to(px, (out_size, out_size)))
+
+
+_LUMA = (0.2989, 0.587, 0.114)  # rec601, torchvision's rgb_to_grayscale weights.
+
+
+def _gray(img: jax.Array) -> jax.Array:
+  """[H,W,3] -> [H,W,1] rec601 luma."""
+  return jnp.tensordot(img, jnp.asarray(_LUMA, img.dtype), axes=1)[..., None]
+
+
+def _factor(key: jax.Array, strength: float) -> jax.Array:
+  return jax.random.uniform(key, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
+
+
+def _color(img: jax.Array, key: jax.Array, opt: AugmentOptions) -> jax.Array:
+  """Color jitter, random grayscale: img [H,W,3] in [0,1] -> same shape, in [0,1]."""
+  k_b, k_c, k_s, k_h, k_g = jax.random.split(key, 5)
+  if opt.brightness > 0:
+    img = jnp.clip(img * _factor(k_b, opt.brightness), 0.0, 1.0)
+  if opt.contrast > 0:
+    f = _factor(k_c, opt.contrast)
+    img = jnp.clip(f * img + (1 - f) * jnp.mean(_gray(img)), 0.0, 1.0)
+  if opt.saturation > 0:
+    f = _factor(k_s, opt.saturation)
+    img = jnp.clip(f * img + (1 - f) * _gray(img), 0.0, 1.0)
+  if opt.hue > 0:
+    delta = jax.random.uniform(k_h, (), minval=-opt.hue, maxval=opt.hue)
+    img = jnp.clip(pix.adjust_hue(img, delta), 0.0, 1.0)
+  if opt.grayscale_p > 0:
+    to_gray = jax.random.bernoulli(k_g, opt.grayscale_p)
+    img = jnp.where(to_gray, jnp.broadcast_to(_gray(img), img.shape), img)
+  return img
+
+
+def _blur(img: jax.Array, key: jax.Array, opt: AugmentOptions) -> jax.Array:
+  """Gaussian blur with probability blur_p; img [H,W,3] -> same shape."""
+  k_p, k_s = jax.random.split(key)
+  h, w = img.shape[:2]
+  radius = min(int(math.ceil(3 * opt.blur_sigma[1])), h - 1, w - 1)
+  if radius < 1:
+    return img
+  sigma = jax.random.uniform(k_s, (), minval=opt.blur_sigma[0], maxval=opt.blur_sigma[1])
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * (taps / sigma) ** 2)
+  weights = weights / jnp.sum(weights)
+  padded = jnp.pad(img, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+  # Separable: rows then columns, as sums of shifted static slices (cheap under vmap, no per-example conv).
+  rows = sum(weights[i] * padded[i:i + h] for i in range(2 * radius + 1))
+  blurred = sum(weights[i] * rows[:, i:i + w] for i in range(2 * radius + 1))
+  return jnp.where(jax.random.bernoulli(k_p, opt.blur_p), blurred, img)
+
+
+def _augment_one(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions) -> jax.Array:
+  k_geo, k_color, k_blur = jax.random.split(key, 3)
+  img = _geometry(img, k_geo, out_size, opt)
+  img = _color(img, k_color, opt)
+  if opt.blur_p > 0:
+    img = _blur(img, k_blur, opt)
+  return img
+
+
+def _working_size(source_size: int, out_size: int, opt: AugmentOptions) -> int:
+  """Smallest source side at which the smallest possible crop still has >= out_size pixels per side."""
+  min_side = math.sqrt(opt.crop_scale[0] * min(opt.crop_ratio[0], 1.0 / opt.crop_ratio[1]))
+  return min(source_size, int(math.ceil(out_size / min(min_side, 1.0))))
+
+
+@functools.partial(jax.jit, static_argnames=("out_size", "options"))
+def augment_batch(images: jax.Array, key: jax.Array, *, out_size: int,
+                  options: AugmentOptions = AugmentOptions()) -> jax.Array:
+  """Random training augmentation of a batch (see module docstring for the transforms).
+
+  Args:
+    images: uint8 [B, H, W, 3] RGB, H == W.
+    key: PRNG key; example i uses the i-th key of jax.random.split(key, B).
+    out_size: output side in pixels.
+    options: AugmentOptions (static).
+
+  Returns:
+    float32 [B, out_size, out_size, 3], ImageNet-normalized.
+  """
+  if not options.enabled:
+    return preprocess_eval(images, out_size=out_size)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+    raise ValueError(f"augment_batch: images must be [B, S, S, 3], got {images.shape}")
+  x = images.astype(jnp.float32) / 255.0
+  x = _resize(x, _working_size(images.shape[1], out_size, options))
+  keys = jax.random.split(key, images.shape[0])
+  x = jax.vmap(_augment_one, in_axes=(0, 0, None, None))(x, keys, out_size, options)
+  return _normalize(x)

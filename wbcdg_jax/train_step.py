@@ -1,0 +1,172 @@
+"""One algorithm-agnostic train step, and the eval-mode forward passes.
+
+`train_step` composes the loss terms that a `LossSpec` names (cross-entropy, CORAL, MMD, DANN/CDANN, BoDA),
+augments the uint8 batch on the device, and applies Adam to the classifier (and to the discriminator when there
+is one). It is a pure function of (state, batch): every random draw comes from `fold_in(base_key, state.step)`,
+so a resumed run repeats exactly the draws of an uninterrupted one. `compile_train_step` jit-compiles it with the
+batch split over the mesh and the state replicated and donated.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from wbcdg_jax import augment, losses
+from wbcdg_jax.algorithms import LossSpec
+from wbcdg_jax.sharding import batch_sharded, replicated
+from wbcdg_jax.train_state import TrainState
+
+
+def _tree_all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _dann_lambda(spec: LossSpec, step: jax.Array) -> jax.Array:
+  if spec.dann_schedule == "constant":
+    return jnp.asarray(spec.dann_lambda, jnp.float32)
+  if spec.dann_schedule == "ganin":
+    return losses.ganin_lambda(step.astype(jnp.float32) / max(spec.total_steps - 1, 1))
+  raise ValueError(f"config.dann.schedule={spec.dann_schedule!r} is not 'ganin' or 'constant'")
+
+
+def _forward(model: nn.Module, params: Any, batch_stats: Any, images: jax.Array, *, spec: LossSpec,
+             bn_train: bool, dropout_key: jax.Array):
+  """Returns (z [B, D], logits [B, C], new batch_stats)."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  rngs = {"dropout": dropout_key}
+  if spec.head_only:
+    # Decoupled stage 2: the encoder is frozen, so no gradient flows into it (and XLA skips its backward pass).
+    z = jax.lax.stop_gradient(model.apply(variables, images, method=model.features))
+    logits = model.apply(variables, z, train=True, rngs=rngs, method=model.logits_from_features)
+    return z, logits, batch_stats
+  if bn_train:
+    (z, logits), updates = model.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
+    return z, logits, updates["batch_stats"]
+  z, logits = model.apply(variables, images, train=True, rngs=rngs)
+  return z, logits, batch_stats
+
+
+def _loss_terms(params, disc_params, state: TrainState, batch: dict, images: jax.Array, keys, *, model,
+                disc, spec: LossSpec, bn_train: bool):
+  """Total loss and its parts; the auxiliary output also carries the new batch statistics."""
+  labels, domains, mask = batch["label"], batch["domain"], batch["mask"]
+  z, logits, new_batch_stats = _forward(model, params, state.batch_stats, images, spec=spec,
+                                        bn_train=bn_train, dropout_key=keys["dropout"])
+  parts = {"ce": losses.cross_entropy(logits, labels, mask=mask, domains=domains, num_domains=spec.num_domains)}
+  total = parts["ce"]
+  if spec.coral_weight:
+    parts["coral"] = losses.coral_penalty(z, domains, num_domains=spec.num_domains, mask=mask)
+    total = total + spec.coral_weight * parts["coral"]
+  if spec.mmd_weight:
+    parts["mmd"] = losses.mmd_penalty(z, domains, num_domains=spec.num_domains, mask=mask)
+    total = total + spec.mmd_weight * parts["mmd"]
+  if spec.dann_weight:
+    lam = _dann_lambda(spec, state.step)
+    disc_labels = labels if spec.dann_conditional else None
+    disc_logits = disc.apply({"params": disc_params}, losses.gradient_reversal(z, lam), disc_labels, train=True,
+                             rngs={"dropout": keys["disc_dropout"]})
+    weights = (losses.cdann_class_weights(labels, domains, state.pair_counts) if spec.dann_conditional
+               else None)
+    parts["dann"] = losses.domain_adversarial_loss(disc_logits, domains, mask=mask, class_weights=weights)
+    parts["dann_lambda"] = lam
+    total = total + spec.dann_weight * parts["dann"]
+  if spec.boda_weight:
+    stats = state.boda
+    active = (state.step >= spec.boda_start_step) & stats.initialized
+    # lax.cond skips the BoDA computation (and its gradient) until the term switches on.
+    parts["boda"] = jax.lax.cond(
+        active,
+        lambda: losses.boda_loss(z, labels, domains, stats.means, stats.counts, nu=spec.boda_nu,
+                                 temperature=spec.boda_temperature, metric=spec.boda_metric,
+                                 precision=stats.precision, mask=mask),
+        lambda: jnp.zeros((), jnp.float32))
+    total = total + spec.boda_weight * parts["boda"]
+  parts["total"] = total
+  correct = (jnp.argmax(logits, -1) == labels) & mask
+  parts["accuracy"] = jnp.sum(correct) / jnp.maximum(jnp.sum(mask), 1)
+  return total, (parts, new_batch_stats)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx: optax.GradientTransformation,
+               spec: LossSpec, augment_options: augment.AugmentOptions, image_size: int, base_key: jax.Array,
+               disc: nn.Module | None = None, disc_tx: optax.GradientTransformation | None = None,
+               bn_train: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Applies one update.
+
+  Args:
+    state: the current TrainState (replicated).
+    batch: image uint8 [B, S, S, 3], label int32 [B], domain int32 [B] (source-domain index), mask bool [B].
+    model: the Classifier; its `apply` returns (z, logits).
+    tx: the classifier's optimizer.
+    spec: which loss terms to add and their static hyperparameters.
+    augment_options: on-device augmentation settings.
+    image_size: px side of the augmented images fed to the network.
+    base_key: the run's root PRNG key; this step uses fold_in(base_key, state.step).
+    disc, disc_tx: the DANN discriminator and its optimizer, when spec.dann_weight > 0.
+    bn_train: whether batch norm normalises with batch statistics and updates its running averages.
+
+  Returns:
+    The new state and a dict of float32 scalars (loss parts, accuracy, grad_norm, finite). A non-finite loss or
+    gradient leaves the parameters unchanged (the update is dropped and `skipped` counts it); the caller decides
+    whether to stop.
+  """
+  key = jax.random.fold_in(base_key, state.step)
+  aug_key, dropout_key, disc_key = jax.random.split(key, 3)
+  images = augment.augment_batch(batch["image"], aug_key, out_size=image_size, options=augment_options)
+  keys = {"dropout": dropout_key, "disc_dropout": disc_key}
+  loss_fn = functools.partial(_loss_terms, state=state, batch=batch, images=images, keys=keys, model=model,
+                              disc=disc, spec=spec, bn_train=bn_train)
+  grads, (parts, new_batch_stats) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params,
+                                                                                     state.disc_params)
+  grad_params, grad_disc = grads
+  finite = jnp.isfinite(parts["total"]) & _tree_all_finite(grad_params)
+  updates, opt_state = tx.update(grad_params, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+  if disc is not None:
+    finite = finite & _tree_all_finite(grad_disc)
+    disc_updates, disc_opt_state = disc_tx.update(grad_disc, state.disc_opt_state, state.disc_params)
+    disc_params = optax.apply_updates(state.disc_params, disc_updates)
+  # Keep the old values wherever the step was not finite, so a NaN never reaches the state.
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      batch_stats=keep(new_batch_stats, state.batch_stats),
+      disc_params=keep(disc_params, state.disc_params),
+      disc_opt_state=keep(disc_opt_state, state.disc_opt_state),
+      skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+      first_bad_step=jnp.where(finite | (state.first_bad_step >= 0), state.first_bad_step, state.step),
+  )
+  metrics = {k: jnp.asarray(v, jnp.float32) for k, v in parts.items()}
+  metrics["grad_norm"] = optax.global_norm(grad_params)
+  metrics["finite"] = finite.astype(jnp.float32)
+  return new_state, metrics
+
+
+def compile_train_step(mesh: jax.sharding.Mesh, **static_kwargs):
+  """jit-compiles `train_step` with the batch split over the mesh, the state replicated and donated."""
+  step = functools.partial(train_step, **static_kwargs)
+  return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+
+
+def eval_outputs(params: Any, batch_stats: Any, images: jax.Array, *, model: nn.Module,
+                 image_size: int) -> tuple[jax.Array, jax.Array]:
+  """Eval-mode forward on uint8 images [B, S, S, 3]: (z [B, D], logits [B, C]), both float32."""
+  x = augment.preprocess_eval(images, out_size=image_size)
+  return model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+
+
+def compile_eval(mesh: jax.sharding.Mesh, *, model: nn.Module, image_size: int):
+  """jit-compiled `eval_outputs`: params replicated, images split over the mesh, outputs split likewise."""
+  fn = functools.partial(eval_outputs, model=model, image_size=image_size)
+  return jax.jit(fn, in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(batch_sharded(mesh), batch_sharded(mesh)))

@@ -1,0 +1,334 @@
+"""The training loop: one readable function per stage, driven only by the config.
+
+`train_and_evaluate(config, workdir)` trains (stage 1, and for "Ours+" the decoupled stage 2), selects the model by
+source-validation F1-macro, evaluates it on the source validation split and on the unseen target domain, and
+writes `metrics.json`. Every `log_every` steps a JSON line goes to `log.jsonl`; a run restarted with the same
+command resumes from its latest checkpoint (state, data-iterator position and the step counter that seeds every
+random draw).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from data_pipelines import pipeline
+from wbcdg_jax import augment, checkpoint, losses, metrics, sharding
+from wbcdg_jax.algorithms import LossSpec, loss_spec, terms_of
+from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
+from wbcdg_jax.experiment import ExperimentData, load_experiment_data
+from wbcdg_jax.models import Classifier, feature_dim
+from wbcdg_jax.train_state import TrainState, count_pairs, create_train_state, init_discriminator, make_optimizer
+from wbcdg_jax.train_step import compile_eval, compile_train_step
+
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+  """A loss or gradient was NaN or infinite and config.train.on_nonfinite is 'stop'."""
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+
+
+def predict_split(eval_fn, variables: dict, domain, indices: np.ndarray, *, batch_size: int, mesh,
+                  desc: str = "eval") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Runs the eval forward over `indices` of `domain`.
+
+  Returns:
+    (labels int64 [N], logits float32 [N, C], z float32 [N, D]) in the order of `indices`, gathered from every
+    process.
+  """
+  it, num_batches = pipeline.make_eval_iterator(domain, indices, batch_size=batch_size,
+                                                process_index=jax.process_index(),
+                                                process_count=jax.process_count())
+  labels, logits, feats = [], [], []
+  for batch in tqdm.tqdm(it, total=num_batches, desc=desc, leave=False, disable=not _is_main()):
+    batch = sharding.shard_batch(batch, mesh)
+    z, out = eval_fn(variables["params"], variables["batch_stats"], batch["image"])
+    mask, lab, out, z = multihost_utils.process_allgather((batch["mask"], batch["label"], out, z), tiled=True)
+    labels.append(np.asarray(lab)[mask])
+    logits.append(np.asarray(out)[mask])
+    feats.append(np.asarray(z)[mask])
+  return np.concatenate(labels), np.concatenate(logits), np.concatenate(feats)
+
+
+def evaluate_sources(eval_fn, variables: dict, data: ExperimentData, *, batch_size: int, mesh) -> dict:
+  """Scores the pooled source validation split ('val') and each source domain's validation split."""
+  per_domain, y_all, p_all = {}, [], []
+  for domain, idx in zip(data.sources, data.val_idx):
+    y, logits, _ = predict_split(eval_fn, variables, domain, idx, batch_size=batch_size, mesh=mesh,
+                                 desc=f"val {domain.name}")
+    pred = logits.argmax(-1)
+    per_domain[domain.name] = metrics.classification_report(y, pred, CLASS_NAMES)
+    y_all.append(y)
+    p_all.append(pred)
+  pooled = metrics.classification_report(np.concatenate(y_all), np.concatenate(p_all), CLASS_NAMES)
+  return {"val": pooled, "val_per_domain": per_domain}
+
+
+def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_size: int, mesh,
+                    workdir: str | None = None) -> dict:
+  """Scores the unseen target's test split; also saves its predictions (for tables made later)."""
+  if data.target is None:
+    return {}
+  y, logits, _ = predict_split(eval_fn, variables, data.target, data.target_idx, batch_size=batch_size, mesh=mesh,
+                               desc=f"test {data.target.name}")
+  if workdir and _is_main():
+    np.savez(os.path.join(workdir, "target_predictions.npz"), labels=y, logits=logits,
+             indices=data.target_idx, paths=np.asarray(data.target.paths)[data.target_idx])
+  return {"target": metrics.classification_report(y, logits.argmax(-1), CLASS_NAMES)}
+
+
+# ------------------------------------------------------------------------------------------------ BoDA statistics
+
+
+def refresh_boda(state: TrainState, eval_fn, moments_fn, data: ExperimentData, *, config, mesh) -> TrainState:
+  """Recomputes per-(domain, class) feature statistics by an eval-mode pass over every source training split."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  total = None
+  for d, (domain, idx) in enumerate(zip(data.sources, data.train_idx)):
+    _, _, z = predict_split(eval_fn, variables, domain, idx, batch_size=int(config.data.eval_batch), mesh=mesh,
+                            desc=f"BoDA stats {domain.name}")
+    labels = domain.labels[idx]
+    m = moments_fn(jnp.asarray(z), jnp.asarray(labels, jnp.int32), jnp.full(labels.shape, d, jnp.int32))
+    total = m if total is None else jax.tree.map(jnp.add, total, m)
+  stats = losses.update_boda_stats(state.boda, total, momentum=float(config.boda.momentum),
+                                   shrinkage=float(config.boda.shrinkage))
+  return state.replace(boda=sharding.replicate(stats, mesh))
+
+
+def boda_refresh_due(step: int, config) -> bool:
+  """Refresh at every multiple of feat_update_freq from the last one before boda.start_step on.
+
+  Earlier refreshes (the authors start at step 0) only feed the EMA before the term is switched on; they are
+  skipped to save full passes over the training data.
+  """
+  freq, start = int(config.boda.feat_update_freq), int(config.boda.start_step)
+  return step % freq == 0 and step + freq > start
+
+
+# ----------------------------------------------------------------------------------------------- initialisation
+
+
+def init_variables(model: Classifier, config, key: jax.Array) -> dict:
+  """Random init, then the converted ImageNet encoder when config.init.checkpoint names one."""
+  size = int(config.model.image_size)
+  variables = model.init({"params": key}, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+  variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  from wbcdg_jax import weights  # local import: the converters are optional for most tools
+
+  if config.init.checkpoint:
+    enc_params, enc_stats = weights.load_encoder_init(config.init.checkpoint, depth=int(config.model.depth))
+    variables["params"] = {**variables["params"], "encoder": enc_params}
+    variables["batch_stats"] = {**variables["batch_stats"], "encoder": enc_stats}
+  else:
+    weights.warn_random_init()
+  return variables
+
+
+def _stage2_variables(model: Classifier, config, key: jax.Array, stage1_dir: str) -> dict:
+  """Stage-1 encoder with a freshly initialised head (the classifier is re-learned from scratch)."""
+  size = int(config.model.image_size)
+  fresh = model.init({"params": key}, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+  best = checkpoint.BestModel(os.path.join(stage1_dir, "best"))
+  try:
+    loaded = best.restore()
+  finally:
+    best.close()
+  params = {"encoder": loaded["params"]["encoder"], "head": fresh["params"]["head"]}
+  return {"params": params, "batch_stats": loaded["batch_stats"]}
+
+
+# ------------------------------------------------------------------------------------------------------ a stage
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentData, *, stage: int = 1,
+              stage1_dir: str | None = None) -> dict:
+  """Trains one stage in `workdir` (resuming if it holds checkpoints) and returns the selected model's scores."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh()
+  spec: LossSpec = loss_spec(config, num_domains=data.num_domains, num_classes=NUM_CLASSES, stage=stage)
+  steps = int(config.train.steps if stage == 1 else config.decoupled.steps)
+  per_domain = int(config.data.per_domain_batch)
+  sharding.check_global_batch(per_domain * data.num_domains, mesh, "config.data.per_domain_batch * len(sources)")
+  sharding.check_global_batch(int(config.data.eval_batch), mesh, "config.data.eval_batch")
+  model = checkpoint.model_from_config(config, Classifier)
+  key = jax.random.key(int(config.seed) + 1000 * (stage - 1))
+  init_key, disc_key, step_key = jax.random.split(key, 3)
+
+  variables = (init_variables(model, config, init_key) if stage == 1
+               else _stage2_variables(model, config, init_key, stage1_dir))
+  counts = count_pairs(data.train_labels(), NUM_CLASSES)
+  if stage == 1:
+    tx = make_optimizer(config.optim.name, float(config.optim.lr), float(config.optim.weight_decay),
+                        float(config.optim.grad_clip))
+  else:
+    trainable = {"encoder": jax.tree.map(lambda _: False, variables["params"]["encoder"]),
+                 "head": jax.tree.map(lambda _: True, variables["params"]["head"])}
+    tx = make_optimizer(config.optim.name, float(config.decoupled.lr), trainable=trainable)
+  disc, disc_params = init_discriminator(spec, key=disc_key, feature_dim=feature_dim(int(config.model.depth)),
+                                         width=int(config.dann.width), depth=int(config.dann.depth),
+                                         dropout=float(config.dann.dropout))
+  disc_tx = make_optimizer(config.optim.name, float(config.dann.lr)) if disc is not None else None
+  boda_stats = None
+  if spec.boda_weight:
+    covariance = "none" if config.boda.metric == "euclidean" else config.boda.covariance
+    boda_stats = losses.init_boda_stats(data.num_domains, NUM_CLASSES, feature_dim(int(config.model.depth)),
+                                        counts, covariance=covariance)
+  state = create_train_state(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
+                             pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
+  state = sharding.replicate(state, mesh)
+
+  train_iter = pipeline.make_train_iterator(
+      data.sources, data.train_idx, per_domain_batch=per_domain, seed=int(config.seed),
+      sampling="class_balanced" if spec.head_only else "uniform", num_workers=int(config.data.num_workers),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  ckpts = checkpoint.StateCheckpoints(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints))
+  best = checkpoint.BestModel(os.path.join(workdir, "best"))
+  start = ckpts.latest_step()
+  if start is not None:
+    state = ckpts.restore(start, state, train_iter)
+    logging.info("resumed %s from step %d", workdir, start)
+  start = int(start or 0)
+
+  options = augment.AugmentOptions.from_dict(config.augment.to_dict())
+  step_fn = compile_train_step(mesh, model=model, tx=tx, spec=spec, augment_options=options,
+                               image_size=int(config.model.image_size), base_key=step_key, disc=disc,
+                               disc_tx=disc_tx, bn_train=config.model.bn_mode == "train" and not spec.head_only)
+  eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size))
+  moments_fn = None
+  if spec.boda_weight:
+    covariance = "none" if config.boda.metric == "euclidean" else config.boda.covariance
+    moments_fn = jax.jit(lambda z, y, d: losses.pair_moments(z, y, d, None, num_domains=data.num_domains,
+                                                             num_classes=NUM_CLASSES, covariance=covariance))
+
+  log_path = os.path.join(workdir, LOG_FILE)
+  pending: list[tuple[int, dict]] = []
+  t_window = time.perf_counter()
+  bar = tqdm.tqdm(total=steps, initial=start, desc=f"stage {stage} {config.algorithm}", disable=not _is_main())
+  for step in range(start, steps):
+    if spec.boda_weight and boda_refresh_due(step, config):
+      state = refresh_boda(state, eval_fn, moments_fn, data, config=config, mesh=mesh)
+    batch = sharding.shard_batch(next(train_iter), mesh)
+    state, step_metrics = step_fn(state, batch)
+    pending.append((step, step_metrics))
+    done = step + 1
+    last = done == steps
+    if done % int(config.train.log_every) == 0 or last:
+      row = _flush_log(pending, log_path, ckpts, config, time.perf_counter() - t_window,
+                       per_domain * data.num_domains)
+      bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['accuracy']:.2f}")
+      pending, t_window = [], time.perf_counter()
+    if done % int(config.train.eval_every) == 0 or last:
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      scores = evaluate_sources(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh)
+      summary = {"step": done, "val_f1_macro": scores["val"]["f1_macro"],
+                 "val_f1_micro": scores["val"]["f1_micro"], "val_accuracy": scores["val"]["accuracy"]}
+      best.offer(done, jax.device_get(variables), summary)
+      _append_json(log_path, {"eval": summary})
+    if done % int(config.train.checkpoint_every) == 0 or last:
+      ckpts.save(done, state, train_iter)
+    bar.update(1)
+  bar.close()
+  ckpts.wait()
+  ckpts.close()
+
+  selected = {k: np.asarray(v) for k, v in best.best_metrics().items()}
+  variables = best.restore()
+  best.close()
+  scores = evaluate_sources(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh)
+  scores.update(evaluate_target(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh,
+                                workdir=workdir))
+  scores["selected_step"] = int(selected["step"])
+  scores["skipped_updates"] = int(jax.device_get(state.skipped))
+  return scores
+
+
+def _flush_log(pending, log_path, ckpts, config, seconds: float, global_batch: int) -> dict:
+  """Writes the mean metrics of the window as one JSON line and enforces the non-finite policy."""
+  host = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, host):
+    if m["finite"] < 1 and config.train.on_nonfinite == "stop":
+      terms = {k: float(v) for k, v in m.items()}
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {step}: {terms}; the update was not applied. Last good checkpoint: "
+          f"step {ckpts.latest_step()} in {ckpts.manager.directory} (set config.train.on_nonfinite='skip' "
+          f"to skip such updates)")
+  row = {"step": pending[-1][0] + 1}
+  row.update({k: float(np.mean([m[k] for m in host])) for k in host[0]})
+  row["images_per_s"] = len(pending) * global_batch / max(seconds, 1e-9)
+  _append_json(log_path, row)
+  return row
+
+
+def _append_json(path: str, row: dict) -> None:
+  if _is_main():
+    with open(path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- the whole
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Cheap checks before any compute; errors name the field."""
+  terms = terms_of(config.algorithm)
+  sources = list(config.data.sources)
+  if not sources:
+    raise ValueError("config.data.sources is empty: name at least one training domain")
+  if len(set(sources)) != len(sources):
+    raise ValueError(f"config.data.sources={sources} names a domain twice")
+  if config.data.target and config.data.target in sources:
+    raise ValueError(f"config.data.target={config.data.target!r} is also a source domain")
+  if terms & {"coral", "mmd", "dann", "boda"} and len(sources) < 2:
+    raise ValueError(f"config.algorithm={config.algorithm!r} aligns source domains and needs at least two in "
+                     f"config.data.sources, got {sources}")
+  if not 0 <= int(config.data.fold) < int(config.data.num_folds):
+    raise ValueError(f"config.data.fold={config.data.fold} is outside 0..{int(config.data.num_folds) - 1}")
+  if config.init.checkpoint and not os.path.exists(config.init.checkpoint):
+    raise FileNotFoundError(f"config.init.checkpoint={config.init.checkpoint!r} does not exist")
+  if config.init.stage1_workdir and "decoupled" not in terms:
+    raise ValueError(f"config.init.stage1_workdir is set but config.algorithm={config.algorithm!r} has no stage 2")
+  if config.train.on_nonfinite not in ("stop", "skip"):
+    raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r} is not 'stop' or 'skip'")
+  if config.boda.metric not in ("euclidean", "mahalanobis"):
+    raise ValueError(f"config.boda.metric={config.boda.metric!r} is not 'euclidean' or 'mahalanobis'")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the configured algorithm end to end and writes `metrics.json` in `workdir`."""
+  validate_config(config)
+  checkpoint.save_config(workdir, config)
+  data = load_experiment_data(config)
+  t0 = time.perf_counter()
+  stage1_dir = config.init.stage1_workdir or workdir
+  if not config.init.stage1_workdir:
+    result = run_stage(config, workdir, data, stage=1)
+  if "decoupled" in terms_of(config.algorithm):
+    stage1 = result if not config.init.stage1_workdir else None
+    result = run_stage(config, os.path.join(workdir, "stage2"), data, stage=2, stage1_dir=stage1_dir)
+    result["stage1"] = stage1
+  result.update({"algorithm": config.algorithm, "sources": list(config.data.sources),
+                 "target_domain": config.data.target, "fold": int(config.data.fold), "seed": int(config.seed),
+                 "train_seconds": time.perf_counter() - t0, "devices": jax.device_count(),
+                 "platform": jax.devices()[0].platform})
+  if _is_main():
+    with open(os.path.join(workdir, METRICS_FILE), "w") as f:
+      json.dump(result, f, indent=2)
+  return result
