@@ -4,8 +4,9 @@ Defaults follow REFERENCE.md section 1 (DomainBed style, as the method's paper).
 argument after the colon (`--config=configs/boda.py:quick`), change the scale of a run, not the method:
 
 * `paper`   (default): 224 px, ResNet-50 from ImageNet weights, 5001 steps, 32 images per source domain.
-* `quick`:  a CPU run of a few minutes on the embedded synthetic data: 64 px, ResNet-18 from scratch,
-            2 folds, a short schedule with BoDA switched on early.
+* `quick`:  a CPU run of a few minutes on the embedded synthetic data: 64 px, ResNet-10 (one basic block per
+            stage; on 2 CPU cores it trains 2.4x faster than ResNet-18, which XLA runs no faster than ResNet-50 at
+            this size) from scratch, 2 folds, a short schedule with BoDA switched on early.
 * `tiny`:   seconds; used by the tests (ResNet-10, 32 px, a handful of steps).
 """
 
@@ -121,7 +122,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.data.num_folds = 2
     c.data.per_domain_batch = 16
     c.data.eval_batch = 64
-    c.model.depth = 18
+    c.model.depth = 10
     c.model.image_size = 64
     c.model.dtype = "float32"  # bfloat16 convolutions are slow on CPUs
     c.optim.lr = 1e-3  # from scratch, no ImageNet weights: a larger step size

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +22,12 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
-from wbcdg_jax import augment, checkpoint, losses, metrics, sharding
-from wbcdg_jax.algorithms import LossSpec, loss_spec, terms_of
+from wbcdg_jax import checkpoint, losses, metrics, sharding
+from wbcdg_jax.algorithms import terms_of
 from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
 from wbcdg_jax.experiment import ExperimentData, load_experiment_data
-from wbcdg_jax.models import Classifier, feature_dim
-from wbcdg_jax.train_state import TrainState, count_pairs, create_train_state, init_discriminator, make_optimizer
-from wbcdg_jax.train_step import compile_eval, compile_train_step
+from wbcdg_jax.stage import build_stage
+from wbcdg_jax.train_state import TrainState, count_pairs
 
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
@@ -123,38 +121,6 @@ def boda_refresh_due(step: int, config) -> bool:
   return step % freq == 0 and step + freq > start
 
 
-# ----------------------------------------------------------------------------------------------- initialisation
-
-
-def init_variables(model: Classifier, config, key: jax.Array) -> dict:
-  """Random init, then the converted ImageNet encoder when config.init.checkpoint names one."""
-  size = int(config.model.image_size)
-  variables = model.init({"params": key}, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-  variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-  from wbcdg_jax import weights  # local import: the converters are optional for most tools
-
-  if config.init.checkpoint:
-    enc_params, enc_stats = weights.load_encoder_init(config.init.checkpoint, depth=int(config.model.depth))
-    variables["params"] = {**variables["params"], "encoder": enc_params}
-    variables["batch_stats"] = {**variables["batch_stats"], "encoder": enc_stats}
-  else:
-    weights.warn_random_init()
-  return variables
-
-
-def _stage2_variables(model: Classifier, config, key: jax.Array, stage1_dir: str) -> dict:
-  """Stage-1 encoder with a freshly initialised head (the classifier is re-learned from scratch)."""
-  size = int(config.model.image_size)
-  fresh = model.init({"params": key}, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-  best = checkpoint.BestModel(os.path.join(stage1_dir, "best"))
-  try:
-    loaded = best.restore()
-  finally:
-    best.close()
-  params = {"encoder": loaded["params"]["encoder"], "head": fresh["params"]["head"]}
-  return {"params": params, "batch_stats": loaded["batch_stats"]}
-
-
 # ------------------------------------------------------------------------------------------------------ a stage
 
 
@@ -163,37 +129,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   """Trains one stage in `workdir` (resuming if it holds checkpoints) and returns the selected model's scores."""
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
-  spec: LossSpec = loss_spec(config, num_domains=data.num_domains, num_classes=NUM_CLASSES, stage=stage)
+  counts = count_pairs(data.train_labels(), NUM_CLASSES)
+  st = build_stage(config, mesh=mesh, counts=counts, stage=stage, stage1_dir=stage1_dir)
+  state, spec = st.state, st.spec
   steps = int(config.train.steps if stage == 1 else config.decoupled.steps)
   per_domain = int(config.data.per_domain_batch)
-  sharding.check_global_batch(per_domain * data.num_domains, mesh, "config.data.per_domain_batch * len(sources)")
   sharding.check_global_batch(int(config.data.eval_batch), mesh, "config.data.eval_batch")
-  model = checkpoint.model_from_config(config, Classifier)
-  key = jax.random.key(int(config.seed) + 1000 * (stage - 1))
-  init_key, disc_key, step_key = jax.random.split(key, 3)
-
-  variables = (init_variables(model, config, init_key) if stage == 1
-               else _stage2_variables(model, config, init_key, stage1_dir))
-  counts = count_pairs(data.train_labels(), NUM_CLASSES)
-  if stage == 1:
-    tx = make_optimizer(config.optim.name, float(config.optim.lr), float(config.optim.weight_decay),
-                        float(config.optim.grad_clip))
-  else:
-    trainable = {"encoder": jax.tree.map(lambda _: False, variables["params"]["encoder"]),
-                 "head": jax.tree.map(lambda _: True, variables["params"]["head"])}
-    tx = make_optimizer(config.optim.name, float(config.decoupled.lr), trainable=trainable)
-  disc, disc_params = init_discriminator(spec, key=disc_key, feature_dim=feature_dim(int(config.model.depth)),
-                                         width=int(config.dann.width), depth=int(config.dann.depth),
-                                         dropout=float(config.dann.dropout))
-  disc_tx = make_optimizer(config.optim.name, float(config.dann.lr)) if disc is not None else None
-  boda_stats = None
-  if spec.boda_weight:
-    covariance = "none" if config.boda.metric == "euclidean" else config.boda.covariance
-    boda_stats = losses.init_boda_stats(data.num_domains, NUM_CLASSES, feature_dim(int(config.model.depth)),
-                                        counts, covariance=covariance)
-  state = create_train_state(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
-                             pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
-  state = sharding.replicate(state, mesh)
 
   train_iter = pipeline.make_train_iterator(
       data.sources, data.train_idx, per_domain_batch=per_domain, seed=int(config.seed),
@@ -207,17 +148,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
     logging.info("resumed %s from step %d", workdir, start)
   start = int(start or 0)
 
-  options = augment.AugmentOptions.from_dict(config.augment.to_dict())
-  step_fn = compile_train_step(mesh, model=model, tx=tx, spec=spec, augment_options=options,
-                               image_size=int(config.model.image_size), base_key=step_key, disc=disc,
-                               disc_tx=disc_tx, bn_train=config.model.bn_mode == "train" and not spec.head_only)
-  eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size))
-  moments_fn = None
-  if spec.boda_weight:
-    covariance = "none" if config.boda.metric == "euclidean" else config.boda.covariance
-    moments_fn = jax.jit(lambda z, y, d: losses.pair_moments(z, y, d, None, num_domains=data.num_domains,
-                                                             num_classes=NUM_CLASSES, covariance=covariance))
-
+  step_fn, eval_fn, moments_fn = st.train_step, st.eval_fn, st.moments_fn
   log_path = os.path.join(workdir, LOG_FILE)
   pending: list[tuple[int, dict]] = []
   t_window = time.perf_counter()
@@ -231,8 +162,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
     done = step + 1
     last = done == steps
     if done % int(config.train.log_every) == 0 or last:
-      row = _flush_log(pending, log_path, ckpts, config, time.perf_counter() - t_window,
-                       per_domain * data.num_domains)
+      row = _flush_log(pending, log_path, ckpts, config, t_window, per_domain * data.num_domains)
       bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['accuracy']:.2f}")
       pending, t_window = [], time.perf_counter()
     if done % int(config.train.eval_every) == 0 or last:
@@ -260,9 +190,10 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   return scores
 
 
-def _flush_log(pending, log_path, ckpts, config, seconds: float, global_batch: int) -> dict:
+def _flush_log(pending, log_path, ckpts, config, t_window: float, global_batch: int) -> dict:
   """Writes the mean metrics of the window as one JSON line and enforces the non-finite policy."""
-  host = jax.device_get([m for _, m in pending])
+  host = jax.device_get([m for _, m in pending])  # waits for the window's last step
+  seconds = time.perf_counter() - t_window
   for (step, _), m in zip(pending, host):
     if m["finite"] < 1 and config.train.on_nonfinite == "stop":
       terms = {k: float(v) for k, v in m.items()}

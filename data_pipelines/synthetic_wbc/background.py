@@ -103,10 +103,10 @@ def add_red_cells(load: np.ndarray, rng: np.random.Generator, cells: list[tuple[
 
 def add_platelets(img: np.ndarray, rng: np.random.Generator, vec: np.ndarray, px_per_um: float,
                   avoid_px: tuple[float, float], avoid_um: float, mean_count: float, focus_um: float = 0.1) -> None:
-  """Adds a Poisson number of platelets, away from the white cell, to a float32 [H, W, 3] image in place.
+  """Adds a Poisson number of platelets, away from the white cell, to a float32 planar [3, H, W] image in place.
 
   Args:
-    img: the image to add to ([H, W, 3], e.g. OD or log intensity).
+    img: the image to add to ([3, H, W], e.g. OD or log intensity).
     rng: random generator (consumed).
     vec: [3] what one unit of platelet stain adds per channel (the platelet OD vector, or -ln10 times it).
     px_per_um: resolution.
@@ -114,7 +114,7 @@ def add_platelets(img: np.ndarray, rng: np.random.Generator, vec: np.ndarray, px
     mean_count: mean number of platelets.
     focus_um: defocus edge softness.
   """
-  hh, ww = img.shape[:2]
+  hh, ww = img.shape[1:]
   n = int(rng.poisson(mean_count))
   for _ in range(n):
     cy, cx = rng.uniform(0, hh), rng.uniform(0, ww)
@@ -133,4 +133,6 @@ def add_platelets(img: np.ndarray, rng: np.random.Generator, vec: np.ndarray, px
     d = d + F32(0.25 * r) * fields.smooth_noise(rng, d.shape, 0.6 * px_per_um)
     body = fields.soft_inside(d, 0.25 + focus_um)
     gran = F32(1.0) + F32(0.6) * fields.smooth_noise(rng, d.shape, 0.3 * px_per_um)
-    img[y0:y1, x0:x1] += (body * np.clip(gran, 0.2, 2.0) * F32(rng.uniform(0.35, 0.6)))[..., None] * vec
+    load = body * np.clip(gran, 0.2, 2.0) * F32(rng.uniform(0.35, 0.6))
+    for c in range(3):
+      img[c, y0:y1, x0:x1] += load * F32(vec[c])

@@ -222,14 +222,18 @@ def _draw(domain: str, label: str, index: int, seed: int) -> tuple[SyntheticCell
   reds = background.place_red_cells(rng, shape, ppu, spec.rbc_density_per_um2, centre, layer.radius_um)
   background.add_red_cells(hemoglobin, rng, reds, palette, ppu)
   log_illum, log_i0 = log_exposure(rng, style, palette, shape, film)
-  # Log intensity = log_illum + log_i0 - ln10 * OD, built with in-place broadcast adds.
-  log_int = hemoglobin[..., None] * (-LN10 * palette.od["rbc"])
-  log_int += log_illum[..., None]
-  log_int += log_i0
+  # Log intensity = log_illum + log_i0 - ln10 * OD, planar [3, H, W] (contiguous per-channel operations).
+  log_int = np.empty((3,) + shape, np.float32)
+  a_rbc = -LN10 * palette.od["rbc"]
+  for c in range(3):
+    np.multiply(hemoglobin, a_rbc[c], out=log_int[c])
+    log_int[c] += log_illum
+    log_int[c] += log_i0[c]
   background.add_platelets(log_int, rng, -LN10 * palette.od["platelet"], ppu, centre, layer.radius_um + 1.0,
                            spec.platelets_per_image, palette.focus_um)
-  hh, ww = layer.od.shape[:2]
-  log_int[layer.y0:layer.y0 + hh, layer.x0:layer.x0 + ww] -= layer.od * LN10
+  hh, ww = layer.od.shape[1:]
+  np.multiply(layer.od, -LN10, out=layer.od)
+  log_int[:, layer.y0:layer.y0 + hh, layer.x0:layer.x0 + ww] += layer.od
   image = expose(log_int, style, rng)
   cell = SyntheticCell(id=f"{domain}/{label}/{index:05d}", image=image, label=label, px_per_um=ppu)
   return cell, layer

@@ -166,7 +166,7 @@ class WbcLayer:
   """A rendered white cell inside its bounding box of the image.
 
   Attributes:
-    od: float32 [h, w, 3] optical density added by the cell.
+    od: float32 planar [3, h, w] optical density added by the cell.
     y0, x0: top-left pixel of the box in the image.
     nucleus: float32 [h, w] nucleus occupancy in [0, 1].
     cell: float32 [h, w] whole-cell occupancy in [0, 1] (cytoplasm outline, or the smear).
@@ -191,6 +191,10 @@ def _nucleus_frame(rng, v, u, room_um, m):
   v = v - F32(off * np.sin(ang))
   u = u - F32(off * np.cos(ang))
   return fields.rotate(v, u, rng.uniform(0, 2 * np.pi))
+
+
+# Nucleus builders: (rng, v, u, r_cell, morphology, px_per_um) -> (SDF [h, w] in um over the cell frame (v, u),
+# boundary roughness amplitude in um). They draw their own size, eccentric offset and orientation.
 
 
 def _nuc_round(rng, v, u, r_cell, m, px):
@@ -334,7 +338,7 @@ def render_wbc(rng: np.random.Generator, label: str, palette: Palette, px_per_um
     image_shape: (H, W) of the whole image; the box is clipped to it.
     centre_px: (y, x) cell centre in image pixels.
   Returns:
-    WbcLayer with od float32 [h, w, 3] and masks [h, w].
+    WbcLayer with od float32 [3, h, w] and masks [h, w].
   """
   try:
     m = MORPHOLOGY[label]
@@ -358,12 +362,6 @@ def render_wbc(rng: np.random.Generator, label: str, palette: Palette, px_per_um
   d_nuc = d_nuc + F32(rough) * fields.smooth_noise(rng, (h, w), (2.5 if rough > 0.5 else 1.2) * um)
   nuc = fields.soft_inside(d_nuc, 0.25 + focus)
 
-  # Chromatin density: clumps (two octaves) scaled by contrast, a darker rim under the nuclear membrane.
-  clump = (fields.smooth_noise(rng, (h, w), m.clump_um * um)
-           + F32(0.5) * fields.smooth_noise(rng, (h, w), 0.5 * m.clump_um * um))
-  chrom = F32(_u(rng, m.chromatin)) * np.clip(F32(1.0) + F32(m.clump_contrast) * clump, 0.2, 2.0)
-  chrom = chrom * (F32(1.0) + F32(0.25) * np.clip(F32(1.0) + d_nuc * F32(2.0), 0.0, 1.0))
-
   if m.nucleus == "smudge":
     # Smeared, fibrillar chromatin: warped streaks along the smear plus blotches, a denser remnant on one side,
     # fading out over ~1.5 um toward a ragged border without a membrane; no cytoplasm outline.
@@ -381,6 +379,11 @@ def render_wbc(rng: np.random.Generator, label: str, palette: Palette, px_per_um
     cyto = np.zeros((h, w), F32)
     baso = acid = hemo = 0.0
   else:
+    # Chromatin density: clumps (two octaves) scaled by contrast, a darker rim under the nuclear membrane.
+    clump = (fields.smooth_noise(rng, (h, w), m.clump_um * um)
+             + F32(0.5) * fields.smooth_noise(rng, (h, w), 0.5 * m.clump_um * um))
+    chrom = F32(_u(rng, m.chromatin)) * np.clip(F32(1.0) + F32(m.clump_contrast) * clump, 0.2, 2.0)
+    chrom = chrom * (F32(1.0) + F32(0.25) * np.clip(F32(1.0) + d_nuc * F32(2.0), 0.0, 1.0))
     d_cell = fields.sdf_ellipse(v, u, r_cell / aspect ** 0.5, r_cell * aspect ** 0.5)
     d_cell = d_cell + F32(m.outline_um) * fields.smooth_noise(rng, (h, w), 2.5 * um)
     cell = fields.soft_inside(d_cell, 0.3 + focus)
@@ -391,10 +394,16 @@ def render_wbc(rng: np.random.Generator, label: str, palette: Palette, px_per_um
       t = (hemo - m.hemoglobin[0]) / (m.hemoglobin[1] - m.hemoglobin[0])
       baso = m.basophilic[1] - t * (m.basophilic[1] - m.basophilic[0])
     if m.golgi > 0 and rng.random() < m.golgi:
-      gy, gx = np.unravel_index(int(np.argmax(nuc[::4, ::4])), nuc[::4, ::4].shape)
-      gv = (ys - (gy * 4 + y0 + 0.5 - cy) / px_per_um) * F32(0.6)
-      gu = (xs - (gx * 4 + x0 + 0.5 - cx) / px_per_um) * F32(0.6)
-      cyto = cyto * (F32(1.0) - F32(0.45) * np.exp(-(gv * gv + gu * gu) * F32(0.5)))
+      # Pale perinuclear zone (Golgi "hof") at the nucleus border facing the cell centre.
+      sub = nuc[::3, ::3]
+      mass = float(sub.sum()) + 1e-6
+      ny_um = float((sub.sum(1) * ys[::3, 0]).sum()) / mass
+      nx_um = float((sub.sum(0) * xs[0, ::3]).sum()) / mass
+      r_n = np.sqrt(mass * 9 / np.pi) / px_per_um
+      dist = np.hypot(ny_um, nx_um) + 1e-6
+      gy_um, gx_um = ny_um - ny_um / dist * r_n, nx_um - nx_um / dist * r_n
+      g2 = ((ys - F32(gy_um)) ** 2 + (xs - F32(gx_um)) ** 2) * F32(1.0 / (2 * 1.6 ** 2))
+      cyto = cyto * (F32(1.0) - F32(0.45) * np.exp(-g2))
     nv = rng.integers(m.vacuoles[0], m.vacuoles[1] + 1)
     if nv:
       vy, vx = _scatter_in_cell(rng, 3 * nv, cell, nuc, 0.0, r_out * px_per_um, cy - y0, cx - x0)
@@ -440,8 +449,9 @@ def render_wbc(rng: np.random.Generator, label: str, palette: Palette, px_per_um
     wts = rng.uniform(*g.weight, len(gy)) * (sig_um / np.sqrt(sig_um ** 2 + (0.5 * focus) ** 2)) ** 2
     terms.append((fields.splat((h, w), gy, gx, np.maximum(sig_px, 0.6), wts), palette.od[g.stain]))
 
-  # Sum of concentration x stain vector (broadcast multiply-adds: a BLAS matmul with K ~ 5 is slower here).
-  od = terms[0][0][..., None] * terms[0][1]
-  for t, vec in terms[1:]:
-    od += t[..., None] * vec
-  return WbcLayer(od=od.astype(F32), y0=y0, x0=x0, nucleus=nuc, cell=cell, radius_um=r_cell)
+  # Sum of concentration x stain vector, per channel (planar; a BLAS matmul with K ~ 5 is slower here).
+  od = np.zeros((3, h, w), F32)
+  for t, vec in terms:
+    for c in range(3):
+      od[c] += t * vec[c]
+  return WbcLayer(od=od, y0=y0, x0=x0, nucleus=nuc, cell=cell, radius_um=r_cell)

@@ -1,0 +1,109 @@
+"""The composed train step: every algorithm runs, stage 2 freezes the encoder, sharding changes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.train.step_fixture import run_steps, tiny_batch, tiny_config, tiny_counts
+from wbcdg_jax import sharding
+from wbcdg_jax.stage import build_stage
+
+ALGORITHM_CONFIGS = {
+    "erm": set(),
+    "coral": {"coral"},
+    "mmd": {"mmd"},
+    "dann": {"dann", "dann_lambda"},
+    "cdann": {"dann", "dann_lambda"},
+    "boda": {"coral", "boda"},
+    "boda_mahalanobis": {"coral", "boda"},
+    "boda_decoupled": {"coral", "boda"},
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("module", sorted(ALGORITHM_CONFIGS))
+def test_every_config_runs_two_steps(module):
+  stage, state, history = run_steps(module, num_steps=2)
+  expected = {"ce", "total", "accuracy", "grad_norm", "finite"} | ALGORITHM_CONFIGS[module]
+  assert set(history[0]) == expected
+  for m in history:
+    assert all(np.isfinite(v) for v in m.values()) and m["finite"] == 1.0
+  assert int(state.step) == 2 and int(state.skipped) == 0
+  if "boda" in expected:
+    assert history[0]["boda"] > 0  # active from step 0 with the seeded centroids
+  weights = {"coral": stage.spec.coral_weight, "mmd": stage.spec.mmd_weight, "boda": stage.spec.boda_weight,
+             "dann": stage.spec.dann_weight}
+  total = history[0]["ce"] + sum(w * history[0].get(k, 0.0) for k, w in weights.items())
+  np.testing.assert_allclose(history[0]["total"], total, rtol=1e-5)
+
+
+def test_params_change_and_steps_are_deterministic():
+  _, state_a, hist_a = run_steps("boda", num_steps=2)
+  _, state_b, hist_b = run_steps("boda", num_steps=2)
+  assert hist_a[1]["total"] == hist_b[1]["total"]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a.params), jax.device_get(state_b.params))
+  config = tiny_config("boda")
+  fresh = build_stage(config, mesh=sharding.make_mesh(), counts=tiny_counts()).state
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state_a.params, fresh.params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_decoupled_stage2_trains_only_a_fresh_head():
+  config = tiny_config("boda_decoupled")
+  mesh = sharding.make_mesh()
+  counts = tiny_counts()
+  stage1 = build_stage(config, mesh=mesh, counts=counts)
+  variables = jax.device_get({"params": stage1.state.params, "batch_stats": stage1.state.batch_stats})
+  stage2 = build_stage(config, mesh=mesh, counts=counts, stage=2, variables=variables)
+  assert stage2.spec.head_only and not stage2.spec.boda_weight and not stage2.spec.coral_weight
+  state = stage2.state
+  for step in range(2):
+    state, metrics = stage2.train_step(state, sharding.shard_batch(tiny_batch(config, step), mesh))
+    assert set(jax.device_get(metrics)) == {"ce", "total", "accuracy", "grad_norm", "finite"}
+  after = jax.device_get(state.params)
+  jax.tree.map(np.testing.assert_array_equal, after["encoder"], variables["params"]["encoder"])
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), after["head"], variables["params"]["head"])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_nonfinite_update_is_dropped_and_counted():
+  config = tiny_config("erm")
+  mesh = sharding.make_mesh()
+  stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+  params = jax.device_get(stage.state.params)
+  params["head"]["out"]["bias"] = np.full_like(params["head"]["out"]["bias"], np.nan)
+  state = stage.state.replace(params=sharding.replicate(params, mesh))
+  before = jax.device_get(state.params)
+  state, metrics = stage.train_step(state, sharding.shard_batch(tiny_batch(config), mesh))
+  assert float(metrics["finite"]) == 0.0
+  assert int(state.skipped) == 1 and int(state.first_bad_step) == 0 and int(state.step) == 1
+  after = jax.device_get(state.params)
+  np.testing.assert_array_equal(after["encoder"]["conv1"]["kernel"], before["encoder"]["conv1"]["kernel"])
+
+
+def _run_sharded(module: str, devices: int) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "train", "sharded_step_script.py"), module],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", ["boda", "dann"])
+def test_sharded_step_on_4_devices_matches_1_device(module):
+  one, four = _run_sharded(module, 1), _run_sharded(module, 4)
+  assert one["devices"] == 1 and four["devices"] == 4
+  np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-5)
+  for a, b in zip(one["parts"], four["parts"]):
+    for k in a:
+      np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  np.testing.assert_allclose(four["param_sum"], one["param_sum"], rtol=1e-5)
+  np.testing.assert_allclose(four["param_abs_sum"], one["param_abs_sum"], rtol=1e-5)
+  np.testing.assert_allclose(four["first_leaf"], one["first_leaf"], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,119 @@
+"""End to end on the embedded synthetic data at the `tiny` preset: train, select, evaluate, resume, stage 2."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import boda_decoupled, erm
+from data_pipelines import pipeline
+from tests.train.step_fixture import tiny_config, tiny_counts
+from wbcdg_jax import checkpoint, sharding, trainer
+from wbcdg_jax.stage import build_stage
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _config(module, data_dir):
+  config = module.get_config("tiny")
+  config.data.data_dir = data_dir
+  return config
+
+
+def test_decoupled_run_end_to_end_and_resume(data_dir, tmp_path):
+  config = _config(boda_decoupled, data_dir)
+  workdir = str(tmp_path / "run")
+  result = trainer.train_and_evaluate(config, workdir)
+  for split in ("val", "target"):
+    assert 0.0 <= result[split]["f1_macro"] <= 1.0 and result[split]["n"] > 0
+  assert set(result["val_per_domain"]) == set(config.data.sources)
+  assert result["stage1"]["val"]["n"] == result["val"]["n"]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert json.load(f)["target"] == result["target"]
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
+  steps = [r["step"] for r in rows if "step" in r]
+  assert steps == list(range(1, config.train.steps + 1))
+  assert any(r.get("boda", 0) > 0 for r in rows)  # the BoDA term switched on at boda.start_step
+  assert os.path.isdir(os.path.join(workdir, "stage2", "best"))
+  # Predictions saved for the target are the ones scored.
+  saved = np.load(os.path.join(workdir, "stage2", "target_predictions.npz"))
+  assert saved["labels"].shape[0] == result["target"]["n"]
+  # A rerun of the same command finds every stage finished and trains nothing more.
+  again = trainer.train_and_evaluate(config, workdir)
+  assert again["target"] == result["target"] and again["selected_step"] == result["selected_step"]
+  rows_after = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
+  assert len([r for r in rows_after if "step" in r]) == len(steps)
+
+
+def test_erm_run_writes_loadable_model(data_dir, tmp_path):
+  config = _config(erm, data_dir)
+  workdir = str(tmp_path / "erm")
+  result = trainer.train_and_evaluate(config, workdir)
+  bundle = checkpoint.load_for_inference(workdir)
+  assert bundle.image_size == config.model.image_size and len(bundle.class_names) == 13
+  z, logits = bundle.model.apply(bundle.variables, np.zeros((2, 32, 32, 3), np.float32))
+  assert logits.shape == (2, 13) and np.isfinite(logits).all()
+  assert result["algorithm"] == "erm" and result["skipped_updates"] == 0
+
+
+def test_state_and_iterator_checkpoint_round_trip(data_dir, tmp_path):
+  config = tiny_config("boda")
+  mesh = sharding.make_mesh()
+  counts = tiny_counts()
+  stage = build_stage(config, mesh=mesh, counts=counts)
+  rng = np.random.default_rng(0)
+  boda = stage.state.boda.replace(means=rng.normal(size=stage.state.boda.means.shape).astype(np.float32))
+  state = sharding.replicate(stage.state.replace(boda=boda, step=np.int32(7)), mesh)
+
+  class _Domain:
+    name = "mem"
+    image_size = 8
+    def __init__(self, n, seed):
+      r = np.random.default_rng(seed)
+      self.labels = r.integers(0, 3, n).astype(np.int64)
+      self.source = [{"image": r.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": l} for l in self.labels]
+
+  domains = [_Domain(20, 1), _Domain(12, 2)]
+  make = lambda: pipeline.make_train_iterator(domains, [np.arange(20), np.arange(12)], per_domain_batch=4, seed=3)
+  it = make()
+  for _ in range(5):
+    next(it)
+  ckpts = checkpoint.StateCheckpoints(str(tmp_path / "ckpt"), keep=2)
+  ckpts.save(7, state, it)
+  ckpts.wait()
+  expected_next = next(it)
+
+  fresh = build_stage(config, mesh=mesh, counts=counts).state
+  it2 = make()
+  restored = ckpts.restore(ckpts.latest_step(), fresh, it2)
+  ckpts.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+  got_next = next(it2)
+  for k in expected_next:
+    np.testing.assert_array_equal(got_next[k], expected_next[k])
+
+
+def test_config_validation_names_the_field(data_dir):
+  config = _config(erm, data_dir)
+  config.data.target = config.data.sources[0]
+  with pytest.raises(ValueError, match="config.data.target"):
+    trainer.validate_config(config)
+  config = _config(boda_decoupled, data_dir)
+  config.data.sources = ("synthetic_wbc/matek19_like",)
+  with pytest.raises(ValueError, match="at least two"):
+    trainer.validate_config(config)
+  config = _config(erm, data_dir)
+  config.init.checkpoint = "/nonexistent/weights.npz"
+  with pytest.raises(FileNotFoundError, match="config.init.checkpoint"):
+    trainer.validate_config(config)
+
+
+def test_boda_refresh_schedule():
+  config = boda_decoupled.get_config("paper")  # start 500, every 120
+  due = [s for s in range(0, 800) if trainer.boda_refresh_due(s, config)]
+  assert due == [480, 600, 720]
