@@ -104,7 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.boda.feat_update_freq = 120
   c.boda.metric = "euclidean"  # 'euclidean' or 'mahalanobis'
   c.boda.covariance = "diag"  # Mahalanobis only: 'diag' or 'full' (shrunk)
-  c.boda.shrinkage = 0.1  # Mahalanobis only: weight of the scaled identity in the shrunk covariance
+  # Mahalanobis only: weight of the scaled identity in the shrunk covariance: 'auto' (Ledoit-Wolf for 'full',
+  # 0.1 for 'diag'), 'ledoit_wolf', or a number in [0, 1].
+  c.boda.shrinkage = "auto"
   c.decoupled = ml_collections.ConfigDict()
   c.decoupled.steps = 1000  # stage-2 (classifier re-training) steps
   c.decoupled.lr = 5e-5

@@ -27,7 +27,7 @@ from wbcdg_jax.train_step import compile_eval, compile_train_step
 @dataclasses.dataclass
 class Stage:
   """Everything one stage's loop needs. `state` is replicated over the mesh; `train_step(state, batch)`,
-  `eval_fn(params, batch_stats, images)` and `moments_fn(z, labels, domains)` are jit-compiled."""
+  `eval_fn(params, batch_stats, images)` and `moments_fn(z, labels, domains, mask)` are jit-compiled."""
 
   model: Classifier
   spec: LossSpec
@@ -109,8 +109,8 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
   if spec.boda_weight:
     covariance = boda_covariance(config)
     boda_stats = losses.init_boda_stats(num_domains, NUM_CLASSES, dim, counts, covariance=covariance)
-    moments_fn = jax.jit(lambda z, y, d: losses.pair_moments(z, y, d, None, num_domains=num_domains,
-                                                             num_classes=NUM_CLASSES, covariance=covariance))
+    moments_fn = jax.jit(lambda z, y, d, mask: losses.pair_moments(
+        z, y, d, mask, num_domains=num_domains, num_classes=NUM_CLASSES, covariance=covariance))
   state = create_train_state(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
                              pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
   state = sharding.replicate(state, mesh)

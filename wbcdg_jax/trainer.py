@@ -96,18 +96,39 @@ def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_siz
 # ------------------------------------------------------------------------------------------------ BoDA statistics
 
 
+def boda_shrinkage(value: str) -> float | str | None:
+  """config.boda.shrinkage: 'auto' (Ledoit-Wolf for full covariances, 0.1 for diagonal ones), 'ledoit_wolf',
+  or a number in [0, 1] (given as text so one field holds both kinds)."""
+  if value == "auto":
+    return None
+  if value == "ledoit_wolf":
+    return value
+  try:
+    return float(value)
+  except ValueError:
+    raise ValueError(f"config.boda.shrinkage={value!r} is not 'auto', 'ledoit_wolf' or a number") from None
+
+
 def refresh_boda(state: TrainState, eval_fn, moments_fn, data: ExperimentData, *, config, mesh) -> TrainState:
   """Recomputes per-(domain, class) feature statistics by an eval-mode pass over every source training split."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
+  chunk = int(config.data.eval_batch)
   total = None
   for d, (domain, idx) in enumerate(zip(data.sources, data.train_idx)):
-    _, _, z = predict_split(eval_fn, variables, domain, idx, batch_size=int(config.data.eval_batch), mesh=mesh,
+    _, _, z = predict_split(eval_fn, variables, domain, idx, batch_size=chunk, mesh=mesh,
                             desc=f"BoDA stats {domain.name}")
-    labels = domain.labels[idx]
-    m = moments_fn(jnp.asarray(z), jnp.asarray(labels, jnp.int32), jnp.full(labels.shape, d, jnp.int32))
-    total = m if total is None else jax.tree.map(jnp.add, total, m)
+    labels = domain.labels[idx].astype(np.int32)
+    # Fixed-size chunks: one compilation, and bounded memory for the full-covariance moments.
+    for lo in range(0, len(labels), chunk):
+      n = min(chunk, len(labels) - lo)
+      zc = np.zeros((chunk, z.shape[1]), np.float32)
+      zc[:n] = z[lo:lo + n]
+      yc = np.zeros((chunk,), np.int32)
+      yc[:n] = labels[lo:lo + n]
+      m = moments_fn(zc, yc, np.full((chunk,), d, np.int32), np.arange(chunk) < n)
+      total = m if total is None else losses.add_moments(total, m)
   stats = losses.update_boda_stats(state.boda, total, momentum=float(config.boda.momentum),
-                                   shrinkage=float(config.boda.shrinkage))
+                                   shrinkage=boda_shrinkage(config.boda.shrinkage))
   return state.replace(boda=sharding.replicate(stats, mesh))
 
 
@@ -238,6 +259,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.init.stage1_workdir is set but config.algorithm={config.algorithm!r} has no stage 2")
   if config.train.on_nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r} is not 'stop' or 'skip'")
+  boda_shrinkage(config.boda.shrinkage)
   if config.boda.metric not in ("euclidean", "mahalanobis"):
     raise ValueError(f"config.boda.metric={config.boda.metric!r} is not 'euclidean' or 'mahalanobis'")
 

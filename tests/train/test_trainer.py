@@ -117,3 +117,43 @@ def test_boda_refresh_schedule():
   config = boda_decoupled.get_config("paper")  # start 500, every 120
   due = [s for s in range(0, 800) if trainer.boda_refresh_due(s, config)]
   assert due == [480, 600, 720]
+
+
+class _MemoryDomain:
+  """An in-memory domain with the DomainData fields the pipeline reads."""
+
+  image_size = 32
+
+  def __init__(self, name, n, seed):
+    r = np.random.default_rng(seed)
+    self.name = name
+    self.labels = r.integers(0, 4, n).astype(np.int64)
+    self.paths = np.asarray([f"{name}/{i}" for i in range(n)])
+    self.source = [{"image": r.integers(0, 255, (32, 32, 3), dtype=np.uint8), "label": l} for l in self.labels]
+
+
+@pytest.mark.parametrize("module", ["boda", "boda_mahalanobis"])
+def test_boda_refresh_matches_direct_statistics(module):
+  from wbcdg_jax.experiment import ExperimentData
+  from wbcdg_jax.train_state import count_pairs
+
+  config = tiny_config(module)
+  config.data.eval_batch = 8
+  mesh = sharding.make_mesh()
+  domains = [_MemoryDomain("a", 13, 1), _MemoryDomain("b", 9, 2)]
+  train_idx = [np.arange(0, 13, 1), np.arange(1, 9)]
+  data = ExperimentData(domains, train_idx, train_idx, None, np.zeros((0,), np.int64))
+  counts = count_pairs(data.train_labels(), 13)
+  stage = build_stage(config, mesh=mesh, counts=counts)
+  state = trainer.refresh_boda(stage.state, stage.eval_fn, stage.moments_fn, data, config=config, mesh=mesh)
+  assert bool(state.boda.initialized)
+  variables = {"params": stage.state.params, "batch_stats": stage.state.batch_stats}
+  for d, (dom, idx) in enumerate(zip(domains, train_idx)):
+    images = np.stack([dom.source[i]["image"] for i in idx])
+    z, _ = stage.eval_fn(variables["params"], variables["batch_stats"], images[: len(idx) // 1])
+    z = np.asarray(z)
+    for c in np.unique(dom.labels[idx]):
+      expected = z[dom.labels[idx] == c].mean(0)
+      np.testing.assert_allclose(np.asarray(state.boda.means[d, c]), expected, rtol=1e-4, atol=1e-5)
+  if module == "boda_mahalanobis":
+    assert state.boda.precision.shape == state.boda.means.shape and np.isfinite(state.boda.precision).all()
