@@ -26,7 +26,6 @@ import shlex
 import zlib
 from typing import Sequence
 
-import ml_collections
 import numpy as np
 
 from wbcdg_jax import protocol
