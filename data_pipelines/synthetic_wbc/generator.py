@@ -4,9 +4,10 @@ Each image is a field of a stained blood smear centred on one white cell (morpho
 platelets (background.py), drawn as optical density and photographed by a domain-specific camera (stains.py).
 Domains differ the way the real datasets do: native size and resolution (px/um), class set and proportions
 (REFERENCE.md section 3 counts after mapping to the 13 common classes), stain palette and its spread within the
-domain (strong for Acevedo-like, with a separate colour cluster for the odd-sized images), illumination
-gradient and vignetting, focus blur, sensor noise and JPEG compression (Acevedo-like: variable quality,
-Matek-like: lossless, INT-like: mild).
+domain (strong for Acevedo-like, with a separate colour cluster for the odd-sized images), white point, camera
+tone curve, illumination gradient and vignetting, focus blur and defocus, chromatin texture, red-cell density,
+sensor noise and JPEG compression (Acevedo-like: variable quality, Matek-like: lossless, INT-like: mild).
+Cell sizes (um) and shapes are the same in every domain.
 
 Every cell is a pure function of (domain, label, index, seed): its random stream is seeded from those four
 numbers only, so cells can be generated in any order, in parallel or sharded, with identical bytes.
@@ -108,28 +109,41 @@ _INT_COUNTS = {
     "monocyte": 2510, "lymphocyte_typical": 5532, "lymphocyte_atypical": 180 + 33, "smudge_cell": 988,
 }
 
+# The three labs differ the way real labs do (REFERENCE.md: the largest losses come from stain, camera and
+# preparation, not from the cells): each has its own stain balance, white point, camera tone curve, focus and
+# chromatin/granule rendering, while the cells' sizes (um) and shapes are the same everywhere.
+# Matek-like: bright lilac-pink glass, crisp focus, contrasted coarse chromatin, lossless TIFF.
 _MATEK_STYLE = DomainStyle(
     i0_rgb=(236.0, 228.0, 234.0), i0_jitter=0.01,
     stains=_stains({"rbc": 1.05, "chromatin": 1.0}, chromatin=(0.55, 0.95, 0.28)),
     stain_jitter=0.04, strength_jitter=0.06, rbc_pallor=(0.35, 0.6), vignette=(0.03, 0.08),
-    gradient=(0.0, 0.04), focus_um=(0.05, 0.12), blur_px=(0.3, 0.7), noise_sigma=(1.0, 2.0), jpeg_quality=None)
+    gradient=(0.0, 0.04), focus_um=(0.05, 0.12), blur_px=(0.3, 0.7), noise_sigma=(1.0, 2.0), jpeg_quality=None,
+    gamma=(1.0, 1.1), chromatin_texture=(1.0, 1.25))
+# Acevedo-like: warm beige glass, and a wide spread of everything (many smears and sessions over years).
 _ACEVEDO_STYLE = DomainStyle(
     i0_rgb=(232.0, 222.0, 206.0), i0_jitter=0.05,
     stains=_stains({"rbc": 0.85}, rbc=(0.03, 0.2, 0.21), chromatin=(0.45, 0.95, 0.2)),
     stain_jitter=0.16, strength_jitter=0.18, rbc_pallor=(0.2, 0.55), vignette=(0.0, 0.1),
     gradient=(0.0, 0.08), focus_um=(0.05, 0.25), blur_px=(0.3, 1.2), noise_sigma=(1.5, 3.5),
-    jpeg_quality=(70, 95))
+    jpeg_quality=(70, 95), gamma=(0.9, 1.2), defocus_um=(0.0, 0.15), chromatin_texture=(0.8, 1.3))
 # The odd-sized Acevedo images form their own colour cluster: greyer, bluer and darker.
 _ACEVEDO_ODD_STYLE = dataclasses.replace(
     _ACEVEDO_STYLE, i0_rgb=(212.0, 212.0, 222.0),
     stains=_stains({"rbc": 0.9, "chromatin": 1.1}, rbc=(0.06, 0.2, 0.14), chromatin=(0.62, 0.9, 0.3)),
     stain_jitter=0.08, strength_jitter=0.1)
+# INT-like: a dim camera with a grey-green (khaki) white point and a flat tone curve, like the real smear in
+# shared/real_smear; soft focus; smooth, homogeneous chromatin; a thicker smear (more red cells, little central
+# pallor); and an acidic, under-stained buffer (the classic lab-to-lab Romanowsky variation): pale, redder
+# nuclei, weak cytoplasmic basophilia (blue cytoplasm comes out pale grey-lilac), pinker acidophilic cytoplasm,
+# bright orange-red eosinophil granules, faint neutrophil granules, redder red cells.
 _INT_STYLE = DomainStyle(
-    i0_rgb=(246.0, 242.0, 240.0), i0_jitter=0.01,
-    stains=_stains({"rbc": 0.65, "chromatin": 0.95}, chromatin=(0.45, 0.95, 0.18)),
-    stain_jitter=0.05, strength_jitter=0.07, rbc_pallor=(0.35, 0.6), vignette=(0.0, 0.04),
-    gradient=(0.0, 0.03), focus_um=(0.05, 0.15), blur_px=(0.3, 0.7), noise_sigma=(1.0, 2.0),
-    jpeg_quality=(85, 93))
+    i0_rgb=(186.0, 180.0, 160.0), i0_jitter=0.02,
+    stains=_stains({"chromatin": 0.6, "basophilic": 0.3, "acidophilic": 1.5, "eos_granule": 1.2,
+                    "baso_granule": 0.85, "neut_granule": 0.6, "rbc": 1.15},
+                   chromatin=(0.42, 0.95, 0.3), rbc=(0.02, 0.2, 0.2), basophilic=(0.5, 0.4, 0.15)),
+    stain_jitter=0.05, strength_jitter=0.07, rbc_pallor=(0.1, 0.3), vignette=(0.05, 0.12),
+    gradient=(0.0, 0.05), focus_um=(0.15, 0.3), blur_px=(0.5, 1.0), noise_sigma=(2.0, 3.5),
+    jpeg_quality=(75, 88), gamma=(0.62, 0.72), defocus_um=(0.25, 0.4), chromatin_texture=(0.35, 0.55))
 
 DOMAIN_SPECS: dict[str, DomainSpec] = {
     "matek19_like": DomainSpec(
@@ -146,7 +160,7 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         odd_style=_ACEVEDO_ODD_STYLE, rbc_density_per_um2=0.016, platelets_per_image=1.0),
     "int20_like": DomainSpec(
         name="int20_like", px_per_um=11.52, image_shape=(288, 288), class_counts=_INT_COUNTS,
-        source="INT_20 / MLL23 (Munich Leukemia Laboratory)", style=_INT_STYLE, rbc_density_per_um2=0.018,
+        source="INT_20 / MLL23 (Munich Leukemia Laboratory)", style=_INT_STYLE, rbc_density_per_um2=0.03,
         platelets_per_image=0.4),
 }
 
@@ -234,7 +248,7 @@ def _draw(domain: str, label: str, index: int, seed: int) -> tuple[SyntheticCell
   hh, ww = layer.od.shape[1:]
   np.multiply(layer.od, -LN10, out=layer.od)
   log_int[:, layer.y0:layer.y0 + hh, layer.x0:layer.x0 + ww] += layer.od
-  image = expose(log_int, style, rng)
+  image = expose(log_int, style, rng, ppu, log_i0)
   cell = SyntheticCell(id=f"{domain}/{label}/{index:05d}", image=image, label=label, px_per_um=ppu)
   return cell, layer
 

@@ -382,7 +382,8 @@ def render_wbc(rng: np.random.Generator, label: str, palette: Palette, px_per_um
     # Chromatin density: clumps (two octaves) scaled by contrast, a darker rim under the nuclear membrane.
     clump = (fields.smooth_noise(rng, (h, w), m.clump_um * um)
              + F32(0.5) * fields.smooth_noise(rng, (h, w), 0.5 * m.clump_um * um))
-    chrom = F32(_u(rng, m.chromatin)) * np.clip(F32(1.0) + F32(m.clump_contrast) * clump, 0.2, 2.0)
+    contrast = F32(m.clump_contrast * palette.chromatin_texture)  # the lab's chromatin rendering scales it
+    chrom = F32(_u(rng, m.chromatin)) * np.clip(F32(1.0) + contrast * clump, 0.2, 2.0)
     chrom = chrom * (F32(1.0) + F32(0.25) * np.clip(F32(1.0) + d_nuc * F32(2.0), 0.0, 1.0))
     d_cell = fields.sdf_ellipse(v, u, r_cell / aspect ** 0.5, r_cell * aspect ** 0.5)
     d_cell = d_cell + F32(m.outline_um) * fields.smooth_noise(rng, (h, w), 2.5 * um)

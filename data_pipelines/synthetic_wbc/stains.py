@@ -16,7 +16,7 @@ import io
 from typing import Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 F32 = np.float32
 LN10 = F32(np.log(10.0))
@@ -53,6 +53,13 @@ class DomainStyle:
     blur_px: Gaussian blur sigma in pixels applied to the final image (0 disables).
     noise_sigma: std of the sensor noise in 8-bit levels.
     jpeg_quality: JPEG quality range, or None for lossless output (TIFF-like).
+    gamma: range of the camera's tone-curve exponent: intensity out = white * (in / white) ** gamma. Below 1 the
+      dark structures (nuclei, granules) come out lighter and flatter, above 1 darker and crisper; brightness and
+      contrast jitter (linear) cannot undo it, so it is a lasting part of a lab's look.
+    defocus_um: range of the sigma (um) of an extra Gaussian blur of the final image (a soft, slightly out of
+      focus camera); unlike blur_px it is physical, so it survives resizing to the stored size.
+    chromatin_texture: range of a multiplier of the chromatin clump contrast (how a lab's fixation and stain
+      render chromatin: coarse and contrasted vs smooth and homogeneous).
   """
   i0_rgb: tuple[float, float, float]
   i0_jitter: float
@@ -66,6 +73,9 @@ class DomainStyle:
   blur_px: tuple[float, float]
   noise_sigma: tuple[float, float]
   jpeg_quality: tuple[int, int] | None
+  gamma: tuple[float, float] = (1.0, 1.0)
+  defocus_um: tuple[float, float] = (0.0, 0.0)
+  chromatin_texture: tuple[float, float] = (1.0, 1.0)
 
   def __post_init__(self):
     missing = [n for n in STAIN_NAMES if n not in self.stains]
@@ -82,11 +92,13 @@ class Palette:
     od: stain name -> float32 [3] OD per unit concentration (already jittered).
     rbc_pallor: red-cell central pallor depth.
     focus_um: defocus edge softness in um.
+    chromatin_texture: multiplier of the chromatin clump contrast.
   """
   i0: np.ndarray
   od: Mapping[str, np.ndarray]
   rbc_pallor: float
   focus_um: float
+  chromatin_texture: float = 1.0
 
 
 def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
@@ -107,7 +119,7 @@ def sample_palette(rng: np.random.Generator, style: DomainStyle) -> Palette:
     strength = np.exp(rng.normal(0.0, style.strength_jitter))
     od[name] = (vec * hue * strength).astype(F32)
   return Palette(i0=np.minimum(i0, 255.0), od=od, rbc_pallor=_u(rng, style.rbc_pallor),
-                 focus_um=_u(rng, style.focus_um))
+                 focus_um=_u(rng, style.focus_um), chromatin_texture=_u(rng, style.chromatin_texture))
 
 
 _NOISE_TILE: np.ndarray | None = None
@@ -184,21 +196,35 @@ def log_exposure(rng: np.random.Generator, style: DomainStyle, palette: Palette,
   return log_illum.astype(F32), (np.log(palette.i0) - LN10 * plasma).astype(F32)
 
 
-def expose(log_intensity: np.ndarray, style: DomainStyle, rng: np.random.Generator) -> np.ndarray:
-  """The camera: intensity, optical blur, sensor noise, 8-bit quantisation and optional JPEG.
+def expose(log_intensity: np.ndarray, style: DomainStyle, rng: np.random.Generator, px_per_um: float = 10.0,
+           log_white: np.ndarray | None = None) -> np.ndarray:
+  """The camera: tone curve, intensity, optical blur, defocus, sensor noise, 8-bit quantisation, optional JPEG.
 
   Args:
     log_intensity: float32 planar [3, H, W] natural log of the intensity in 8-bit levels (overwritten).
     style: the domain's optics ranges.
     rng: random generator (consumed).
+    px_per_um: image resolution (converts style.defocus_um to pixels).
+    log_white: float32 [3] log of the white point the tone curve pivots on (glass stays glass); None: 255.
   Returns:
     uint8 [H, W, 3].
   """
   _, h, w = log_intensity.shape
+  gamma = _u(rng, style.gamma)
+  if gamma != 1.0:
+    # In the log domain the power law is an affine map: free compared with a per-pixel power.
+    pivot = np.full(3, np.log(255.0), F32) if log_white is None else np.asarray(log_white, F32)
+    for c in range(3):
+      log_intensity[c] *= F32(gamma)
+      log_intensity[c] += F32((1.0 - gamma) * pivot[c])
   img = np.exp(log_intensity, out=log_intensity)
   _blur(img, _u(rng, style.blur_px))
   img += _sensor_noise(rng, h, w) * F32(_u(rng, style.noise_sigma))
   out = np.clip(img, 0.0, 255.0, out=img).transpose(1, 2, 0).astype(np.uint8)
+  defocus_px = _u(rng, style.defocus_um) * px_per_um
+  if defocus_px > 0.3:
+    # Pillow's Gaussian blur (box-filter passes in C) is ~1 ms at these sizes, whatever the radius.
+    out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(defocus_px)))
   if style.jpeg_quality is not None:
     out = jpeg_roundtrip(out, int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1)))
   return out
