@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.build_if_missing = True  # only synthetic domains are ever built automatically
   c.data.stored_size = 256  # px side of the stored images (builder option)
   c.data.fov_um = 25.0  # physical field of view every image is cropped to (builder option)
+  # labelled_folders/<lab> domains open the one variant built for stored_size/fov_um; where a lab has several
+  # (other px_per_um, label_source or table), name the one to use by its directory below
+  # <data_dir>/labelled_folders/, e.g. ("mylab-px11.5-folder-map1a2b3c4d-s256-fov25",)
+  c.data.stored_variants = ()
   c.data.num_folds = 5
   c.data.fold = 0  # fold k of num_folds is the validation split of every domain
   c.data.target_split = "fold"  # 'fold': the target's fold-k part is its test split; 'all': all target images
@@ -130,12 +134,13 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.optim.lr = 1e-3  # from scratch, no ImageNet weights: a larger step size
     c.dann.lr = 1e-3
     c.decoupled.lr = 1e-3
-    c.train.steps = 300
+    # 200 steps (~2 min on 2 cores) keeps a 4-algorithm x 2-fold comparison under 20 minutes.
+    c.train.steps = 200
     c.train.log_every = 10
-    c.train.eval_every = 100
+    c.train.eval_every = 50
     c.train.checkpoint_every = 100
-    c.boda.start_step = 100
-    c.boda.feat_update_freq = 50
+    c.boda.start_step = 60
+    c.boda.feat_update_freq = 40
     c.decoupled.steps = 100
   if preset == "tiny":
     c.data.synthetic_scale = 0.004

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import inspect
 import logging
+import math
 import os
 import pathlib
 import re
@@ -44,6 +45,13 @@ from wbcdg_jax.classes import class_index
 
 INDEX_FILENAME = "index.npz"
 INDEX_KEYS = ("label", "group", "path", "original_label", "px_per_um")
+# Plausible field of view, in source pixels: at least MIN_FOV_PX, at least 1/MAX_IMAGE_TO_FOV of the typical
+# image's shorter side and at most MAX_FOV_TO_IMAGE times it. Outside, px_per_um (or fov_um) is almost surely
+# wrong: micrometres per pixel given instead of pixels per micrometre, or a factor 10 off.
+MIN_FOV_PX = 16
+MAX_IMAGE_TO_FOV = 10.0
+MAX_FOV_TO_IMAGE = 2.0
+_log = logging.getLogger(__name__)
 _READ_BACK_CHUNK = 256  # Records decoded per call when writing index.npz.
 
 
@@ -59,6 +67,10 @@ logging.getLogger("absl").addFilter(_CustomConfigFilter())
 
 class UnknownLabelError(ValueError):
   """strict=True and a file's folder or prefix is not in the dataset's label table."""
+
+
+class ImplausibleResolutionError(ValueError):
+  """px_per_um and fov_um give a field of view far smaller or larger than the images."""
 
 
 def _num(x: float) -> str:
@@ -127,8 +139,8 @@ class WbcConfig(tfds.core.BuilderConfig):
     """Raises ValueError naming the first invalid option."""
     if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 1:
       raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
-    if not self.fov_um > 0:
-      raise ValueError(f"fov_um must be > 0 micrometres, got {self.fov_um!r}")
+    if not (self.fov_um > 0 and math.isfinite(self.fov_um)):
+      raise ValueError(f"fov_um must be a finite number > 0 micrometres, got {self.fov_um!r}")
     if int(self.num_workers) < 1:
       raise ValueError(f"num_workers must be >= 1, got {self.num_workers!r}")
     self.image_size, self.fov_um = int(self.image_size), float(self.fov_um)
@@ -149,6 +161,7 @@ class Candidate:
     px_per_um: source resolution.
     group: sha1 hex of the source bytes.
     load: returns the source image as uint8 [H, W, 3]; may raise `imaging.ImageReadError`.
+    mode: Pillow mode of the source pixels ('RGB', 'L', 'RGBA', ...; 'unknown'), counted in the report.
   """
 
   path: str
@@ -157,6 +170,7 @@ class Candidate:
   px_per_um: float
   group: str
   load: Callable[[], np.ndarray]
+  mode: str = "RGB"
 
 
 def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], num_workers: int) -> Iterator[Any]:
@@ -259,7 +273,7 @@ class WbcBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         reason = report_lib.NOT_IMAGE if isinstance(result, imaging.NotAnImageError) else report_lib.CORRUPT
         report.drop(candidate.path, reason, candidate.original_label, result.reason)
         continue
-      report.keep(candidate.class_name, candidate.original_label)
+      report.keep(candidate.class_name, candidate.original_label, candidate.mode)
       crop_px.setdefault(_num(candidate.px_per_um),
                          imaging.crop_side_px(self.builder_config.fov_um, candidate.px_per_um))
       yield candidate.path, result
@@ -267,6 +281,8 @@ class WbcBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise ValueError(
           f"{self.registry_name}: no images were kept from {report.source}; dropped "
           f"{report.dropped_by_reason()}; unknown labels {sorted(report.unknown_labels)}")
+    for line in report.warnings():  # Nothing is dropped silently: the report has every path, the log a summary.
+      _log.warning("%s", line)
 
   def _download_and_prepare(self, dl_manager, download_config=None):  # pylint: disable=arguments-differ
     super()._download_and_prepare(dl_manager, download_config)  # Consumes _generate_examples.
@@ -334,6 +350,37 @@ class _Found:
   class_name: str | None
   group: str
   size: tuple[int, int] | None
+  mode: str = "unknown"
+
+
+def check_field_of_view(dataset: str, *, px_per_um: float, fov_um: float, sizes: list[tuple[int, int]],
+                        advice: str) -> int:
+  """Checks that the field of view fits the images; returns its side in source pixels.
+
+  Args:
+    dataset: name for the message.
+    px_per_um: resolution the builder assumes, pixels per micrometre.
+    fov_um: side of the field of view, micrometres.
+    sizes: (width, height) of the images (from their headers); the median shorter side is "typical".
+    advice: which option to check, for the message.
+
+  Raises:
+    ImplausibleResolutionError: the side is under MIN_FOV_PX, under 1/MAX_IMAGE_TO_FOV of the typical image or
+      over MAX_FOV_TO_IMAGE times it; the message names px_per_um, fov_um and both sizes.
+  """
+  side = imaging.crop_side_px(fov_um, px_per_um)
+  if not sizes:
+    return side
+  typical = int(np.median([min(w, h) for w, h in sizes]))
+  if side < MIN_FOV_PX or side * MAX_IMAGE_TO_FOV < typical:
+    problem = "tiny"
+  elif side > MAX_FOV_TO_IMAGE * typical:
+    problem = f"more than {MAX_FOV_TO_IMAGE:g} times the images (mostly padding)"
+  else:
+    return side
+  raise ImplausibleResolutionError(
+      f"{dataset}: px_per_um={px_per_um:g} with fov_um={fov_um:g} gives a {fov_um:g} um field of view of {side} px, "
+      f"{problem}; the images are typically {typical} px on their shorter side ({len(sizes)} files). {advice}")
 
 
 class FolderBuilder(WbcBuilder, skip_registration=True):
@@ -347,10 +394,17 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
     2. label (folder or prefix) not in the table -> dropped "unknown label" and listed (strict: error);
     3. label mapped to DROP -> dropped "label excluded from the common classes";
     4. byte-identical files whose common classes differ (a DROP label counts as a class of its own) ->
-       all dropped "byte-identical to a file with a different label" (we cannot tell which label is
-       right); identical files with the same class are all kept and share `group`;
+       all dropped "byte-identical to a file with a different label" and listed with their labels in
+       `duplicate_groups` (we cannot tell which label is right); identical files with the same class are all
+       kept and share `group` (sha1 of the bytes), which keeps them on one side of every fold split;
     5. `_extra_drop` (Acevedo: drop_odd_sized);
-    6. decoding failure while writing -> dropped "corrupt or unreadable image".
+    6. decoding failure while writing (truncated or corrupt TIFF/JPEG/PNG/BMP) -> dropped "corrupt or
+       unreadable image" with the decoder's message. Corrupt files are always skipped and reported, never
+       fatal (strict only concerns labels): one bad file in 18,000 should not stop a build.
+  Also: grayscale, palette, 16-bit and alpha images are converted to RGB (imaging.py) and counted per source
+  mode (`source_modes`); folders below the root without any image file are listed in `empty_folders` (a
+  class folder among them appears in `found_counts` with 0) and logged; a px_per_um / fov_um pair whose field
+  of view is implausible for the images found raises `ImplausibleResolutionError` before anything is written.
   In folder mode, files directly in the root (e.g. Matek's annotations.dat) are listed as ignored.
   """
 
@@ -381,6 +435,15 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
         f"{self.registry_name}: no class folders found; looked in {', '.join(map(str, tried))}. "
         f"Expected layout inside manual_dir: {self.LAYOUT}")
 
+  def label_table_source(self) -> str:
+    """Where the label table comes from, for messages."""
+    return f"data_pipelines/label_maps.py ({self.label_map().name})"
+
+  def resolution_advice(self) -> str:
+    """What to check when the field of view does not fit the images (see `check_field_of_view`)."""
+    return (f"{self.registry_name} images are {self.px_per_um():g} px/um; check the builder option fov_um "
+            f"(micrometres) and that manual_dir holds {self.registry_name} ({self.LAYOUT}).")
+
   def _extra_drop(self, found: _Found) -> str | None:
     """Returns a detail string to drop `found` as ODD_SIZED, or None to keep it."""
     del found
@@ -390,8 +453,11 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
     root = self._find_root(manual_dir)
     report.source = str(root)
+    report.label_table = self.label_table_source()
     report.expected_counts = dict(self.label_map().expected_counts or {}) or None
     found = self._scan(manual_dir, root, report)
+    check_field_of_view(self.registry_name, px_per_um=self.px_per_um(), fov_um=self.builder_config.fov_um,
+                        sizes=[f.size for f in found if f.size], advice=self.resolution_advice())
     return self._select(found, report)
 
   def _files(self, root: pathlib.Path) -> Iterator[tuple[pathlib.Path, str]]:
@@ -409,6 +475,7 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
     found: list[_Found] = []
     sizes: collections.Counter[str] = collections.Counter()
     found_counts: collections.Counter[str] = collections.Counter()
+    images_per_folder: collections.Counter[str] = collections.Counter()
     for full, rel_root in self._files(root):
       rel = full.relative_to(manual_dir).as_posix()
       if table.key_source == label_maps.FOLDER and "/" not in rel_root:
@@ -423,19 +490,28 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
       if imaging.sniff_format(data) is None:
         report.drop(rel, report_lib.NOT_IMAGE, original, "no TIFF/JPEG/PNG/BMP signature")
         continue
-      size = imaging.image_size_from_header(data)
+      if "/" in rel_root:
+        images_per_folder[rel_root.split("/", 1)[0]] += 1
+      size, mode = imaging.image_header(data)
       sizes[f"{size[0]}x{size[1]}" if size else "unknown"] += 1
       key, class_name = table.resolve(original)
       if key is None:
         if self.builder_config.strict:
           raise UnknownLabelError(
-              f"{full}: unknown {table.key_source} label {original!r} for {self.registry_name}; known: "
-              f"{', '.join(table.table)} (strict=False drops and reports such files instead)")
+              f"{full}: unknown {table.key_source} label {original!r} for {self.registry_name}; the label table "
+              f"{self.label_table_source()} knows: {', '.join(table.table)} (add it there, mapped to a class "
+              f"or 'drop'; strict=False drops and reports such files instead)")
         report.unknown_labels.setdefault(original, []).append(rel)
         report.drop(rel, report_lib.UNKNOWN_LABEL, original, f"{table.key_source} {original!r} not in table")
         continue
       found_counts[key] += 1
-      found.append(_Found(rel, str(full), original, key, class_name, sha1_hex(data), size))
+      found.append(_Found(rel, str(full), original, key, class_name, sha1_hex(data), size, mode or "unknown"))
+    for folder in sorted(p.name for p in root.iterdir() if p.is_dir()):
+      if images_per_folder[folder] == 0:
+        report.empty_folders.append((root / folder).relative_to(manual_dir).as_posix())
+        key, _ = table.resolve(folder)
+        if table.key_source == label_maps.FOLDER and key is not None:
+          found_counts[key] += 0  # A class folder with no image: listed in found_counts with 0.
     report.native_sizes = dict(sizes)
     report.found_counts = dict(found_counts)
     return found
@@ -468,7 +544,7 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
       else:
         candidates.append(Candidate(
             path=f.path, original_label=f.original_label, class_name=f.class_name, px_per_um=px,
-            group=f.group, load=lambda p=f.abs_path: imaging.read_image(p)))
+            group=f.group, load=lambda p=f.abs_path: imaging.read_image(p), mode=f.mode))
     return candidates
 
 

@@ -122,15 +122,36 @@ def read_image_bytes(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
           source, f"corrupt or unreadable tiff: {pillow_error}; tifffile: {tiff_error}") from tiff_error
 
 
-def image_size_from_header(data: bytes) -> tuple[int, int] | None:
-  """Returns (width, height) read from the file header without decoding pixels, or None if unknown."""
+def image_header(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
+  """Reads (width, height) and the pixel layout from the file header, without decoding pixels.
+
+  Returns:
+    ((width, height) or None, mode or None): the mode is Pillow's ('RGB', 'RGBA', 'L', 'I;16', 'P', 'CMYK', ...),
+    or for TIFFs Pillow cannot open, tifffile's '<dtype>x<samples per pixel>' (e.g. 'uint16x3'); None where the
+    header cannot be read (such files are reported later, by `read_image_bytes`).
+  """
   try:
     with warnings.catch_warnings():  # Corrupt files are reported later, by `read_image_bytes`.
       warnings.simplefilter("ignore")
       with Image.open(io.BytesIO(data)) as im:
-        return int(im.size[0]), int(im.size[1])
+        return (int(im.size[0]), int(im.size[1])), str(im.mode)
   except Exception:  # pylint: disable=broad-except
-    return None
+    pass
+  if sniff_format(data) != "tiff":
+    return None, None
+  try:
+    import tifffile  # pylint: disable=import-outside-toplevel
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+      page = tif.pages[0]
+      return (int(page.imagewidth), int(page.imagelength)), f"{page.dtype}x{page.samplesperpixel}"
+  except Exception:  # pylint: disable=broad-except
+    return None, None
+
+
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+  """Returns (width, height) read from the file header without decoding pixels, or None if unknown."""
+  return image_header(data)[0]
 
 
 def _decode_with_pillow(data: bytes) -> np.ndarray:

@@ -7,6 +7,9 @@ Registry name `labelled_folders/<lab>`; options:
   label_source: "folder" (default; first-level folder below manual_dir) or "prefix" (file-name part
     before the first underscore, files anywhere below manual_dir);
   plus image_size, fov_um, strict, num_workers.
+A px_per_um that is not a finite number > 0 is refused when the builder is made; one that makes the fov_um field
+of view implausible for the images found (base_builder.check_field_of_view) fails the build before any record
+is written, naming both numbers.
 manual_dir is the folder that holds the class folders (or the prefixed files). The config name, hence the
 directory, is `<lab>-px<px_per_um>-<label_source>-map<first 8 hex of the table's sha1>-s<S>-fov<fov>`:
 the table is hashed by content, so editing it gives a new directory.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -69,8 +73,9 @@ class LabelledFoldersConfig(base_builder.WbcConfig):
   def validate(self) -> None:
     super().validate()
     base_builder.check_name_piece(self.lab, "lab name")
-    if not self.px_per_um or not float(self.px_per_um) > 0:
-      raise ValueError(f"labelled_folders/{self.lab}: px_per_um must be given and > 0, got {self.px_per_um!r}")
+    if not self.px_per_um or not (float(self.px_per_um) > 0 and math.isfinite(float(self.px_per_um))):
+      raise ValueError(f"labelled_folders/{self.lab}: the builder option px_per_um (pixels per micrometre) must be "
+                       f"given, finite and > 0, got {self.px_per_um!r}")
     self.px_per_um = float(self.px_per_um)
     label_maps.LabelMap(self.lab, dict(self.table), self.label_source)  # Validates classes and source.
 
@@ -106,6 +111,13 @@ class LabelledFolders(base_builder.FolderBuilder, skip_registration=True):
 
   def px_per_um(self) -> float:
     return self.builder_config.px_per_um
+
+  def label_table_source(self) -> str:
+    return self.builder_config.mapping_source
+
+  def resolution_advice(self) -> str:
+    return ("Check the builder option px_per_um (--px_per_um): pixels per micrometre, about 10-15 for a 100x oil "
+            "objective, not micrometres per pixel; and fov_um (micrometres).")
 
   def _find_root(self, manual_dir: pathlib.Path) -> pathlib.Path:
     if not manual_dir.is_dir():

@@ -10,6 +10,9 @@ config class). The options select the TFDS config, whose name encodes them, so t
       build_report.json                             kept/dropped/duplicates/options (report.BuildReport)
       index.npz                                     label/group/path/original_label/px_per_um in record order
 
+A lab's own dataset, `labelled_folders/<lab>`, is opened without its mapping too: `open_domain` then looks for
+the built variant whose directory fits image_size/fov_um and reads the rest from its build_report.json.
+
 Example:
   path = build("matek19", data_dir="data", manual_dir="/downloads")
   domain = open_domain("matek19", data_dir="data")
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import pathlib
+import re
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import base_builder
+from data_pipelines import label_maps
 from data_pipelines import report as report_lib
 from data_pipelines.acevedo20 import Acevedo20
 from data_pipelines.int20 import Int20, Mll23
@@ -159,23 +165,133 @@ def build(name: str, *, data_dir: str | os.PathLike[str], manual_dir: str | os.P
   return os.fspath(builder.data_path)
 
 
+def _lab_dir_pattern(lab: str) -> re.Pattern[str]:
+  """Directory names of lab `lab`'s variants: <lab>-px<px_per_um>-<label_source>-map<sha8>-s<S>-fov<fov>
+  (LabelledFoldersConfig.name_parts); groups px, source and size ('s<S>-fov<fov>')."""
+  sources = "|".join(map(re.escape, label_maps.KEY_SOURCES))
+  return re.compile(rf"{re.escape(lab)}-px(?P<px>.+)-(?P<source>{sources})-map[0-9a-f]{{8}}-(?P<size>s\d+-fov.+)")
+
+
+def _size_part(options: dict[str, Any]) -> str:
+  """'s<S>-fov<fov>' for the image_size/fov_um in `options` (the builder defaults when left out)."""
+  sizes = {k: options[k] for k in ("image_size", "fov_um") if k in options}
+  return base_builder.WbcConfig.from_options(None, **sizes).name
+
+
+def _labelled_root(data_dir: str | os.PathLike[str]) -> pathlib.Path:
+  return pathlib.Path(os.path.abspath(os.fspath(data_dir))) / LabelledFolders.name
+
+
+def built_variants(name: str, *, data_dir: str | os.PathLike[str], **options: Any) -> list[pathlib.Path]:
+  """The built variants of `labelled_folders/<lab>` that fit `options`, sorted by directory name.
+
+  Args:
+    name: "labelled_folders/<lab>".
+    data_dir: root folder of all stored datasets.
+    **options: image_size and fov_um (builder defaults when left out) select the stored size; px_per_um and
+      label_source, when given, must match too; other options (strict, num_workers) are ignored.
+
+  Returns:
+    dataset directories <data_dir>/labelled_folders/<lab>-px<..>-<source>-map<..>-s<S>-fov<fov>/<version>/ that
+    hold dataset_info.json (a finished build).
+  """
+  builder_name, _, lab = name.partition("/")
+  if builder_name != LabelledFolders.name or not lab:
+    raise ValueError(f"built_variants is for 'labelled_folders/<lab>' names, got {name!r}")
+  base_builder.check_name_piece(lab, "lab name")
+  root, pattern, size = _labelled_root(data_dir), _lab_dir_pattern(lab), _size_part(options)
+  version = str(LabelledFolders.VERSION)
+  px = options.get("px_per_um")
+  px_part = None if px is None else base_builder._num(px)  # pylint: disable=protected-access
+  found = []
+  for entry in sorted(os.listdir(root)) if root.is_dir() else []:
+    match = pattern.fullmatch(entry)
+    if not match or match["size"] != size or not (root / entry / version / "dataset_info.json").exists():
+      continue
+    if px_part is not None and match["px"] != px_part:
+      continue
+    if options.get("label_source") is not None and match["source"] != options["label_source"]:
+      continue
+    found.append(root / entry / version)
+  return found
+
+
+def _stored_options(name: str, *, data_dir: str | os.PathLike[str], stored_variants: Sequence[str],
+                    options: dict[str, Any]) -> dict[str, Any]:
+  """`options` completed with the mapping, px_per_um and label_source of the one built variant they fit.
+
+  Raises:
+    FileNotFoundError: no variant is built for these options; names the folder searched and the build command.
+    ValueError: several are (lists them and how to pick one), or the chosen one's build_report.json does not
+      give back its own directory.
+  """
+  lab = name.partition("/")[2]
+  root, pattern, size = _labelled_root(data_dir), _lab_dir_pattern(lab), _size_part(options)
+  found = built_variants(name, data_dir=data_dir, **options)
+  picked = sorted(v for v in stored_variants if pattern.fullmatch(v))  # Entries of other labs are ignored.
+  if picked:
+    found = [d for d in found if d.parent.name in picked]
+  given = ", ".join(f"{k}={options[k]!r}" for k in ("px_per_um", "label_source") if options.get(k) is not None)
+  wanted = f"image_size/fov_um {size}" + (f", {given}" if given else "") + (
+      f", stored_variants {picked}" if picked else "")
+  if not found:
+    others = sorted(e for e in (os.listdir(root) if root.is_dir() else []) if pattern.fullmatch(e))
+    command = build_command(name, data_dir=data_dir, mapping={}, px_per_um=options.get("px_per_um", "<pixels per um>"),
+                            **{k: v for k, v in options.items() if k != "px_per_um"})
+    raise FileNotFoundError(
+        f"{name} is not built for {wanted}: no {lab}-px<px_per_um>-<label_source>-map<table sha1>-{size}/"
+        f"{LabelledFolders.VERSION}/ with dataset_info.json in {root}"
+        + (f" (other variants there: {', '.join(others)})" if others else "")
+        + f". Build it with:\n  {command}")
+  if len(found) > 1:
+    lines = []
+    for d in found:
+      match = pattern.fullmatch(d.parent.name)
+      lines.append(f"  {d.parent.name}  (px_per_um={match['px']}, label_source={match['source']})")
+    raise ValueError(
+        f"{name} has {len(found)} built variants for {wanted} in {root}:\n" + "\n".join(lines)
+        + f"\nPick one: in a training config set config.data.stored_variants, e.g. "
+        f"--config.data.stored_variants='(\"{found[0].parent.name}\",)' (registry.open_domain's stored_variants); "
+        f"or give its options (px_per_um=, label_source=, mapping=); or move the others out of {root}.")
+  directory = found[0]
+  try:
+    stored = report_lib.BuildReport.load(directory).options
+    opened = dict(options, mapping=dict(stored["table"]), px_per_um=stored["px_per_um"],
+                  label_source=stored["label_source"])
+    same = stored.get("lab") == lab and make_builder(name, data_dir=data_dir, **opened).data_path == directory
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"{name}: cannot read the build options from {directory / report_lib.REPORT_FILENAME} "
+                     f"({type(e).__name__}: {e}); rebuild it with launch/build_data.py") from e
+  if not same:
+    raise ValueError(f"{name}: the options in {directory / report_lib.REPORT_FILENAME} (lab {stored.get('lab')!r}) "
+                     f"do not name the directory {directory}; it was renamed or edited, rebuild it")
+  return opened
+
+
 def open_domain(name: str, *, data_dir: str | os.PathLike[str], build_if_missing: bool = False,
-                **options: Any) -> DomainData:
+                stored_variants: Sequence[str] = (), **options: Any) -> DomainData:
   """Opens a built domain.
 
   Args:
     name: registry name (see `available`).
     data_dir: root folder of all stored datasets.
     build_if_missing: build it first if needed; only for generated (synthetic) domains.
-    **options: the builder options it was built with (they select the directory).
+    stored_variants: labelled_folders only: stored directory names (below <data_dir>/labelled_folders/) that pick
+      one variant when several of the lab are built; entries of other labs are ignored.
+    **options: the builder options it was built with (they select the directory). For labelled_folders/<lab>
+      without `mapping`, the built variant that fits image_size/fov_um (and px_per_um/label_source, if given) is
+      found on disk and its table, px_per_um and label_source are read from its build_report.json.
 
   Returns:
     DomainData whose arrays are aligned with `source` (entry i describes source[i]).
 
   Raises:
     FileNotFoundError: not built; names the expected directory and the command that builds it.
-    ValueError: build_if_missing for a real dataset.
+    ValueError: build_if_missing for a real dataset; several built labelled_folders variants fit (listed).
   """
+  builder_name, _, variant = name.partition("/")
+  if builder_name == LabelledFolders.name and variant and "mapping" not in options:
+    options = _stored_options(name, data_dir=data_dir, stored_variants=stored_variants, options=options)
   builder = make_builder(name, data_dir=data_dir, **options)
   if not _is_built(builder):
     if build_if_missing:

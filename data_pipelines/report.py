@@ -37,6 +37,11 @@ class BuildReport:
     expected_counts: published files per original label, or None.
     dropped: one dict per dropped file: path, reason, original_label, detail.
     unknown_labels: unknown original label -> paths of its files.
+    label_table: where the label table comes from (a label_maps table or the user's mapping file).
+    empty_folders: folders directly below the dataset root that hold no image file (after dropping files that
+      are not images); a class folder among them is a class with 0 images (found_counts has it with 0).
+    source_modes: kept examples per source pixel mode ('RGB', 'L', 'RGBA', 'I;16', ...; 'unknown' if the header
+      could not say); every mode but 'RGB' was converted to RGB (rules in imaging.py).
     duplicate_groups: groups of byte-identical files: group (sha1), paths, original_labels, classes,
       conflict (True when their common classes differ; such files are all dropped).
     ignored: files next to the class folders that are not examples (e.g. annotations.dat).
@@ -55,6 +60,9 @@ class BuildReport:
   expected_counts: dict[str, int] | None = None
   dropped: list[dict[str, str]] = dataclasses.field(default_factory=list)
   unknown_labels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  label_table: str = ""
+  empty_folders: list[str] = dataclasses.field(default_factory=list)
+  source_modes: dict[str, int] = dataclasses.field(default_factory=dict)
   duplicate_groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   ignored: list[str] = dataclasses.field(default_factory=list)
   native_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -65,11 +73,32 @@ class BuildReport:
     """Records a dropped file."""
     self.dropped.append(dict(path=path, reason=reason, original_label=original_label, detail=detail))
 
-  def keep(self, class_name: str, original_label: str) -> None:
-    """Records one written example."""
+  def keep(self, class_name: str, original_label: str, mode: str = "RGB") -> None:
+    """Records one written example whose source pixels had Pillow mode `mode`."""
     self.counts[class_name] += 1
+    self.source_modes[mode] = self.source_modes.get(mode, 0) + 1
     self.original_counts[original_label] = self.original_counts.get(original_label, 0) + 1
     self.num_examples += 1
+
+  def converted(self) -> dict[str, int]:
+    """Source mode -> number of kept examples converted to RGB from it."""
+    return {m: n for m, n in sorted(self.source_modes.items()) if m != "RGB"}
+
+  def warnings(self) -> list[str]:
+    """One line per kind of problem worth a look: dropped files, unknown labels, empty folders, conflicts."""
+    lines = []
+    if self.dropped:
+      lines.append(f"{self.dataset}: dropped {len(self.dropped)} files: {self.dropped_by_reason()}")
+    if self.unknown_labels:
+      lines.append(f"{self.dataset}: labels not in the label table {self.label_table}: "
+                   + ", ".join(f"{k!r} ({len(v)} files)" for k, v in sorted(self.unknown_labels.items())))
+    if self.empty_folders:
+      lines.append(f"{self.dataset}: folders without any image file: {', '.join(self.empty_folders)}")
+    conflicts = [g for g in self.duplicate_groups if g["conflict"]]
+    if conflicts:
+      lines.append(f"{self.dataset}: {len(conflicts)} groups of byte-identical files with different labels, all "
+                   f"dropped: " + "; ".join(", ".join(g["paths"]) for g in conflicts[:_EXAMPLES_SHOWN]))
+    return lines
 
   def dropped_by_reason(self) -> dict[str, int]:
     """Reason -> number of dropped files."""
@@ -79,6 +108,7 @@ class BuildReport:
     """The report as a JSON-serialisable dict (adds dropped_by_reason)."""
     out = dataclasses.asdict(self)
     out["dropped_by_reason"] = self.dropped_by_reason()
+    out["converted_to_rgb"] = self.converted()
     return out
 
   def save(self, directory: str | os.PathLike[str]) -> str:
@@ -107,6 +137,9 @@ class BuildReport:
       sizes = sorted(self.native_sizes.items(), key=lambda kv: -kv[1])
       lines.append("  native sizes (WxH): " + ", ".join(f"{s}: {n}" for s, n in sizes[:8])
                    + (" ..." if len(sizes) > 8 else ""))
+    if self.converted():
+      lines.append("  converted to RGB (source mode: images): "
+                   + ", ".join(f"{m}: {n}" for m, n in self.converted().items()))
     lines.append("  kept per class:")
     for i, name in enumerate(CLASS_NAMES):
       lines.append(f"    {i:2d} {name:<22s}{self.counts.get(name, 0):7d}")
@@ -120,8 +153,10 @@ class BuildReport:
       label_txt = ", ".join(f"{k or '?'}: {v}" for k, v in sorted(labels.items()))
       lines.append(f"    {reason}: {n} ({label_txt}); e.g. {', '.join(examples)}")
     if self.unknown_labels:
-      lines.append("  UNKNOWN LABELS (not in the label table, dropped): " + ", ".join(
+      lines.append(f"  UNKNOWN LABELS (not in the label table {self.label_table}, dropped): " + ", ".join(
           f"{k!r} ({len(v)} files)" for k, v in sorted(self.unknown_labels.items())))
+    if self.empty_folders:
+      lines.append(f"  EMPTY FOLDERS (no image file): {', '.join(self.empty_folders)}")
     if self.duplicate_groups:
       conflicts = [g for g in self.duplicate_groups if g["conflict"]]
       lines.append(f"  byte-identical groups: {len(self.duplicate_groups)} "

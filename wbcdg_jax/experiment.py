@@ -46,9 +46,12 @@ def builder_options(config: ml_collections.ConfigDict, name: str) -> dict:
 
 
 def open_domain(config: ml_collections.ConfigDict, name: str):
+  """Opens domain `name`; a labelled_folders/<lab> domain is the built variant of that lab that fits the stored
+  size (config.data.stored_variants picks one where several are built; see registry.open_domain)."""
   return registry.open_domain(
       name, data_dir=config.data.data_dir,
       build_if_missing=bool(config.data.build_if_missing) and name.startswith(SYNTHETIC_PREFIX),
+      stored_variants=tuple(config.data.get("stored_variants", ())),  # .get: configs saved before the field
       **builder_options(config, name))
 
 

@@ -21,9 +21,10 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
-from wbcdg_jax import checkpoint, losses, metrics, sharding
+from wbcdg_jax import checkpoint, losses, metrics, multihost, sharding
 from wbcdg_jax.algorithms import terms_of
 from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
+from wbcdg_jax.config_validation import boda_shrinkage, validate_config, validate_data
 from wbcdg_jax.experiment import ExperimentData, load_experiment_data
 from wbcdg_jax.stage import build_stage
 from wbcdg_jax.train_state import TrainState, count_pairs
@@ -95,19 +96,6 @@ def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_siz
 # ------------------------------------------------------------------------------------------------ BoDA statistics
 
 
-def boda_shrinkage(value: str) -> float | str | None:
-  """config.boda.shrinkage: 'auto' (Ledoit-Wolf for full covariances, 0.1 for diagonal ones), 'ledoit_wolf',
-  or a number in [0, 1] (given as text so one field holds both kinds)."""
-  if value == "auto":
-    return None
-  if value == "ledoit_wolf":
-    return value
-  try:
-    return float(value)
-  except ValueError:
-    raise ValueError(f"config.boda.shrinkage={value!r} is not 'auto', 'ledoit_wolf' or a number") from None
-
-
 def refresh_boda(state: TrainState, eval_fn, moments_fn, data: ExperimentData, *, config, mesh) -> TrainState:
   """Recomputes per-(domain, class) feature statistics by an eval-mode pass over every source training split."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -170,6 +158,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
 
   step_fn, eval_fn, moments_fn = st.train_step, st.eval_fn, st.moments_fn
   log_path = os.path.join(workdir, LOG_FILE)
+  _truncate_log(log_path, start)
   pending: list[tuple[int, dict]] = []
   t_window = time.perf_counter()
   bar = tqdm.tqdm(total=steps, initial=start, desc=f"stage {stage} {config.algorithm}", disable=not _is_main())
@@ -228,6 +217,28 @@ def _flush_log(pending, log_path, ckpts, config, t_window: float, global_batch: 
   return row
 
 
+def _truncate_log(path: str, step: int) -> None:
+  """Drops the log rows of steps after `step`: a killed run logged steps past its last checkpoint, and the
+  resumed run logs them again (with the same values), so the log keeps one row per step."""
+  if not _is_main() or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:  # a line cut by the kill
+      continue
+    if line.endswith("\n") and row.get("step", row.get("eval", {}).get("step", 0)) <= step:
+      keep.append(line)
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)  # atomic: a kill now leaves either log whole
+
+
 def _append_json(path: str, row: dict) -> None:
   if _is_main():
     with open(path, "a") as f:
@@ -237,37 +248,13 @@ def _append_json(path: str, row: dict) -> None:
 # ---------------------------------------------------------------------------------------------------- the whole
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Cheap checks before any compute; errors name the field."""
-  terms = terms_of(config.algorithm)
-  sources = list(config.data.sources)
-  if not sources:
-    raise ValueError("config.data.sources is empty: name at least one training domain")
-  if len(set(sources)) != len(sources):
-    raise ValueError(f"config.data.sources={sources} names a domain twice")
-  if config.data.target and config.data.target in sources:
-    raise ValueError(f"config.data.target={config.data.target!r} is also a source domain")
-  if terms & {"coral", "mmd", "dann", "boda"} and len(sources) < 2:
-    raise ValueError(f"config.algorithm={config.algorithm!r} aligns source domains and needs at least two in "
-                     f"config.data.sources, got {sources}")
-  if not 0 <= int(config.data.fold) < int(config.data.num_folds):
-    raise ValueError(f"config.data.fold={config.data.fold} is outside 0..{int(config.data.num_folds) - 1}")
-  if config.init.checkpoint and not os.path.exists(config.init.checkpoint):
-    raise FileNotFoundError(f"config.init.checkpoint={config.init.checkpoint!r} does not exist")
-  if config.init.stage1_workdir and "decoupled" not in terms:
-    raise ValueError(f"config.init.stage1_workdir is set but config.algorithm={config.algorithm!r} has no stage 2")
-  if config.train.on_nonfinite not in ("stop", "skip"):
-    raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r} is not 'stop' or 'skip'")
-  boda_shrinkage(config.boda.shrinkage)
-  if config.boda.metric not in ("euclidean", "mahalanobis"):
-    raise ValueError(f"config.boda.metric={config.boda.metric!r} is not 'euclidean' or 'mahalanobis'")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured algorithm end to end and writes `metrics.json` in `workdir`."""
   validate_config(config)
   checkpoint.save_config(workdir, config)
-  data = load_experiment_data(config)
+  with multihost.main_process_first("load_experiment_data"):  # process 0 alone builds missing synthetic domains
+    data = load_experiment_data(config)
+  validate_data(config, data)  # the model's class count vs each stored domain's, before anything compiles
   t0 = time.perf_counter()
   stage1_dir = config.init.stage1_workdir or workdir
   if not config.init.stage1_workdir:
@@ -279,6 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result.update({"algorithm": config.algorithm, "sources": list(config.data.sources),
                  "target_domain": config.data.target, "fold": int(config.data.fold), "seed": int(config.seed),
                  "train_seconds": time.perf_counter() - t0, "devices": jax.device_count(),
+                 "processes": jax.process_count(),
                  "platform": jax.devices()[0].platform})
   if _is_main():
     with open(os.path.join(workdir, METRICS_FILE), "w") as f:

@@ -7,6 +7,7 @@ report's drops and reasons, and that index.npz is aligned with the records.
 
 import io
 import json
+import logging
 import os
 import sys
 import types
@@ -454,3 +455,178 @@ def test_synthetic_with_real_generator(tmp_path):
   _check_alignment(domain)
   from wbcdg_jax.classes import class_index  # pylint: disable=import-outside-toplevel
   assert sorted(domain.labels.tolist()) == sorted(class_index(c) for c, n in counts.items() for _ in range(n))
+
+
+# --- Bad data: one test per case, on one labelled_folders tree --------------------------------------------
+
+BAD_TABLE = {"Neutro": "neutrophil_segmented", "Lymph": "lymphocyte_typical", "Mono": "monocyte",
+             "Baso": "basophil", "Eos": "eosinophil", "Junk": "drop"}
+BAD_OPTIONS = dict(px_per_um=10.0, image_size=S, fov_um=2.0)  # 20 px field of view of 40 px images
+N_DISTINCT, N_COPIES = 8, 4  # per class, in Neutro and Lymph: copies are byte-identical to distinct files
+
+
+def write_bad_tree(root):
+  """A lab folder with every kind of bad data next to good images."""
+  seed = 400
+  for folder in ("Neutro", "Lymph"):
+    for i in range(N_DISTINCT):
+      data = _save(str(root / folder / f"{folder}_{i}.tif"), _noise(seed := seed + 1), "TIFF")
+      if i < N_COPIES:
+        _write(str(root / folder / f"{folder}_{i}_copy.tif"), data)
+  truncated_tiff = _save(str(root / "Lymph" / "cut.tif"), _noise(500), "TIFF")
+  _write(str(root / "Lymph" / "cut.tif"), truncated_tiff[: len(truncated_tiff) // 2])
+  truncated_jpeg = _save(str(root / "Lymph" / "cut.jpg"), _smooth(501, 40, 40), "JPEG")
+  _write(str(root / "Lymph" / "cut.jpg"), truncated_jpeg[: len(truncated_jpeg) // 2])
+  _write(str(root / "Neutro" / "notes.png"), b"written by the microscope software\n")
+  _write(str(root / "Neutro" / "empty.jpg"), b"")
+  os.makedirs(root / "Mono")  # an empty class folder
+  _write(str(root / "Baso" / "readme.txt"), b"no basophils on these slides\n")  # no image either
+  _save(str(root / "Plasma" / "p0.png"), _noise(502), "PNG")  # folder not in the table
+  _save(str(root / "Eos" / "gray.png"), _noise(503)[..., 0], "PNG")
+  _save(str(root / "Eos" / "rgba.png"), np.concatenate([_noise(504), np.full((40, 40, 1), 0, np.uint8)], -1), "PNG")
+  _save(str(root / "Eos" / "palette.png"), Image.fromarray(_noise(505)).convert("P"), "PNG")
+  _save(str(root / "Eos" / "rgb.png"), _noise(506), "PNG")
+  tifffile.imwrite(root / "Eos" / "gray16.tif", (_noise(507)[..., 0].astype(np.uint16) * 257))
+  conflict = _save(str(root / "Neutro" / "same.tif"), _noise(508), "TIFF")
+  _write(str(root / "Lymph" / "same.tif"), conflict)  # identical bytes, another class
+
+
+class _Records(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+  manual = tmp_path_factory.mktemp("bad_manual")
+  write_bad_tree(manual)
+  data_dir = tmp_path_factory.mktemp("bad_data")
+  table = tmp_path_factory.mktemp("bad_table") / "map.json"
+  table.write_text(json.dumps(BAD_TABLE))
+  options = dict(BAD_OPTIONS, mapping=str(table))
+  handler, logger = _Records(), logging.getLogger(base_builder.__name__)
+  logger.addHandler(handler)
+  try:
+    registry.build("labelled_folders/bad", data_dir=data_dir, manual_dir=manual, verbose=False, **options)
+  finally:
+    logger.removeHandler(handler)
+  domain = registry.open_domain("labelled_folders/bad", data_dir=data_dir, **options)
+  return types.SimpleNamespace(domain=domain, report=_report(domain), manual=manual, table=table, options=options,
+                               log=handler.messages)
+
+
+def test_bad_data_build_keeps_exactly_the_good_images(bad):
+  kept = set(bad.domain.paths.tolist())
+  expected = ({f"{f}/{f}_{i}.tif" for f in ("Neutro", "Lymph") for i in range(N_DISTINCT)}
+              | {f"{f}/{f}_{i}_copy.tif" for f in ("Neutro", "Lymph") for i in range(N_COPIES)}
+              | {f"Eos/{n}" for n in ("gray.png", "rgba.png", "palette.png", "rgb.png", "gray16.tif")})
+  assert kept == expected
+  _check_alignment(bad.domain)
+  assert bad.report["num_examples"] == len(expected)
+  assert bad.report["dropped_by_reason"] == {report_lib.CORRUPT: 2, report_lib.NOT_IMAGE: 3,
+                                             report_lib.UNKNOWN_LABEL: 1, report_lib.LABEL_CONFLICT: 2}
+
+
+def test_bad_data_corrupt_images_are_skipped_and_reported_with_the_reason(bad):
+  corrupt = {d["path"]: d["detail"] for d in bad.report["dropped"] if d["reason"] == report_lib.CORRUPT}
+  assert set(corrupt) == {"Lymph/cut.tif", "Lymph/cut.jpg"}
+  assert all("truncated" in detail.lower() for detail in corrupt.values()), corrupt
+  assert any("dropped 8 files" in m for m in bad.log)
+
+
+def test_bad_data_non_image_files_with_an_image_extension_are_reported(bad):
+  assert {("Neutro/notes.png", report_lib.NOT_IMAGE), ("Neutro/empty.jpg", report_lib.NOT_IMAGE),
+          ("Baso/readme.txt", report_lib.NOT_IMAGE)} <= _drops(bad.report)
+
+
+def test_bad_data_empty_class_folders_are_reported_as_classes_with_no_image(bad):
+  assert bad.report["empty_folders"] == ["Baso", "Mono"]
+  assert bad.report["found_counts"]["Mono"] == 0 and bad.report["found_counts"]["Baso"] == 0
+  assert bad.report["counts"]["monocyte"] == 0 and bad.report["counts"]["basophil"] == 0
+  assert any("folders without any image file: Baso, Mono" in m for m in bad.log)
+  assert "EMPTY FOLDERS (no image file): Baso, Mono" in report_lib.BuildReport.load(bad.domain.directory).format()
+
+
+def test_bad_data_unknown_folder_is_dropped_and_named_with_the_table(bad):
+  assert bad.report["unknown_labels"] == {"Plasma": ["Plasma/p0.png"]}
+  assert bad.report["label_table"] == os.path.abspath(bad.table)
+  text = report_lib.BuildReport.load(bad.domain.directory).format()
+  assert f"UNKNOWN LABELS (not in the label table {os.path.abspath(bad.table)}, dropped): 'Plasma' (1 files)" in text
+
+
+def test_bad_data_unknown_folder_in_strict_mode_names_folder_and_table(bad, tmp_path):
+  with pytest.raises(base_builder.UnknownLabelError) as info:
+    registry.build("labelled_folders/bad", data_dir=tmp_path, manual_dir=bad.manual, verbose=False, strict=True,
+                   **bad.options)
+  message = str(info.value)
+  assert "unknown folder label 'Plasma'" in message and os.path.abspath(bad.table) in message
+  assert "Baso, Eos, Junk, Lymph, Mono, Neutro" in message
+
+
+def test_bad_data_grayscale_rgba_palette_and_16_bit_are_converted_and_counted(bad):
+  assert bad.report["source_modes"] == {"RGB": 2 * (N_DISTINCT + N_COPIES) + 1, "L": 1, "RGBA": 1, "P": 1,
+                                        "I;16": 1}
+  assert bad.report["converted_to_rgb"] == {"I;16": 1, "L": 1, "P": 1, "RGBA": 1}
+  assert "converted to RGB (source mode: images): I;16: 1, L: 1, P: 1, RGBA: 1" in \
+      report_lib.BuildReport.load(bad.domain.directory).format()
+  for name in ("gray.png", "gray16.tif"):
+    image = _record(bad.domain, f"Eos/{name}")["image"]
+    assert image.shape == (S, S, 3)
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+  np.testing.assert_array_equal(_record(bad.domain, "Eos/rgba.png")["image"], 255)  # transparent -> white
+
+
+def test_bad_data_identical_files_share_a_group_and_never_straddle_a_split(bad):
+  from data_pipelines import folds  # pylint: disable=import-outside-toplevel
+  domain = bad.domain
+  groups = dict(zip(domain.paths.tolist(), domain.groups.tolist()))
+  for folder in ("Neutro", "Lymph"):
+    for i in range(N_COPIES):
+      assert groups[f"{folder}/{folder}_{i}.tif"] == groups[f"{folder}/{folder}_{i}_copy.tif"]
+  assert len(set(groups.values())) == len(groups) - 2 * N_COPIES
+  for seed in range(4):
+    for fold in range(3):
+      split = folds.split_domain(domain, num_folds=3, fold=fold, seed=seed)
+      assert not set(domain.groups[split.train]) & set(domain.groups[split.val]), (seed, fold)
+
+
+def test_bad_data_identical_files_with_different_labels_are_dropped_and_listed(bad):
+  assert {("Neutro/same.tif", report_lib.LABEL_CONFLICT), ("Lymph/same.tif", report_lib.LABEL_CONFLICT)} <= \
+      _drops(bad.report)
+  conflicts = [g for g in bad.report["duplicate_groups"] if g["conflict"]]
+  assert len(conflicts) == 1
+  labels = dict(zip(conflicts[0]["paths"], conflicts[0]["original_labels"]))
+  assert labels == {"Lymph/same.tif": "Lymph", "Neutro/same.tif": "Neutro"}
+  assert conflicts[0]["classes"] == ["lymphocyte_typical", "neutrophil_segmented"]
+  assert any("byte-identical files with different labels" in m for m in bad.log)
+
+
+@pytest.mark.parametrize("px_per_um", [0.0, -11.5, float("inf"), float("nan")])
+def test_bad_data_px_per_um_that_is_not_a_positive_number_is_refused(px_per_um, tmp_path):
+  with pytest.raises(ValueError, match="builder option px_per_um"):
+    registry.make_builder("labelled_folders/bad", data_dir=tmp_path, mapping=BAD_TABLE, px_per_um=px_per_um)
+
+
+@pytest.mark.parametrize("px_per_um, fov_um, fragment", [
+    (0.087, 2.0, "px_per_um=0.087 with fov_um=2 gives a 2 um field of view of 1 px, tiny"),  # um per px
+    (1.0, 2.0, "of 2 px, tiny"),
+    (115.0, 2.0, "of 230 px, more than 2 times the images"),  # a factor 10 too large
+])
+def test_bad_data_implausible_px_per_um_fails_before_writing(bad, tmp_path, px_per_um, fov_um, fragment):
+  options = dict(bad.options, px_per_um=px_per_um, fov_um=fov_um)
+  with pytest.raises(base_builder.ImplausibleResolutionError) as info:
+    registry.build("labelled_folders/bad", data_dir=tmp_path, manual_dir=bad.manual, verbose=False, **options)
+  assert fragment in str(info.value) and "typically 40 px" in str(info.value)
+  assert "builder option px_per_um" in str(info.value)
+  assert not registry.make_builder("labelled_folders/bad", data_dir=tmp_path, **options).data_path.exists()
+
+
+def test_bad_data_field_of_view_larger_than_builtin_images_names_fov_um(tmp_path):
+  write_matek_tree(tmp_path / "manual")
+  with pytest.raises(base_builder.ImplausibleResolutionError, match=r"13.8 px/um; check the builder option fov_um"):
+    registry.build("matek19", data_dir=tmp_path / "d", manual_dir=tmp_path / "manual", verbose=False,
+                   image_size=S, fov_um=25.0)  # 345 px of 40 px images

@@ -157,3 +157,32 @@ def test_boda_refresh_matches_direct_statistics(module):
       np.testing.assert_allclose(np.asarray(state.boda.means[d, c]), expected, rtol=1e-4, atol=1e-5)
   if module == "boda_mahalanobis":
     assert state.boda.precision.shape == state.boda.means.shape and np.isfinite(state.boda.precision).all()
+
+
+def _diverging_config(data_dir):
+  # lr 1e30: step 0 moves every weight by about 1e30 (still finite), so step 1's forward pass overflows.
+  config = _config(erm, data_dir)
+  config.optim.lr = 1e30
+  config.train.steps = 4
+  config.train.checkpoint_every = 1
+  return config
+
+
+def test_nonfinite_loss_stops_the_run_naming_step_terms_and_checkpoint(data_dir, tmp_path):
+  config = _diverging_config(data_dir)
+  workdir = str(tmp_path / "diverged")
+  with pytest.raises(trainer.NonFiniteLossError) as err:
+    trainer.train_and_evaluate(config, workdir)
+  message = str(err.value)
+  assert "at step 1" in message and "'ce': nan" in message and "'total': nan" in message
+  assert f"Last good checkpoint: step 1 in {os.path.join(workdir, 'checkpoints')}" in message
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def test_nonfinite_updates_are_skipped_and_counted_when_configured(data_dir, tmp_path):
+  config = _diverging_config(data_dir)
+  config.train.on_nonfinite = "skip"
+  result = trainer.train_and_evaluate(config, str(tmp_path / "skipping"))
+  assert result["skipped_updates"] == config.train.steps - 1  # every update after the first diverged
+  for split in ("val", "target"):
+    assert 0.0 <= result[split]["f1_macro"] <= 1.0
