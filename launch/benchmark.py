@@ -1,0 +1,82 @@
+r"""Measures train-step, input-pipeline, BoDA-refresh, PyTorch-reference and multi-device throughput.
+
+  python launch/benchmark.py --preset=gpu --json=runs/benchmark_gpu.json   # the issue's GPU measurement
+  python launch/benchmark.py --preset=cpu                                   # quick-preset shapes on a CPU
+  python launch/benchmark.py --smoke                                        # seconds: checks every section runs
+
+Prints a Markdown table (section, name, batch, devices, img/s, step ms, compile s, ratio, note), the issue's
+targets, and writes every setting and number to the JSON file. Any preset field can be overridden, e.g.
+`--preset=gpu --batch=256 --algorithms=erm,boda --sections=steps,torch`. Timings never fail; the run fails only
+when a number is not a positive finite value (or a loss is NaN).
+"""
+
+import json
+import os
+
+import _paths  # noqa: F401  (repository root on sys.path)
+from absl import app, flags, logging
+
+from wbcdg_jax.bench import report, runner, settings as settings_lib
+
+_PRESET = flags.DEFINE_enum("preset", "cpu", sorted(settings_lib.PRESETS), "Starting values of every setting.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Same as --preset=smoke: tiny shapes, 2 timed steps, seconds.")
+_JSON = flags.DEFINE_string("json", None, "Output JSON path (default runs/benchmark_<preset>.json).")
+_ALGORITHMS = flags.DEFINE_list("algorithms", None, f"'all' or names from {sorted(settings_lib.ALGORITHMS)}.")
+_SECTIONS = flags.DEFINE_list("sections", None, f"Sections to run (default all): {settings_lib.SECTIONS}.")
+_TORCH_BATCHES = flags.DEFINE_list("torch_batches", None, "Total batches of the JAX-vs-PyTorch comparison.")
+_INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
+    ("image_size", "Network input px."), ("stored_size", "Stored / host image px."), ("depth", "ResNet depth."),
+    ("batch", "Total batch of the algorithm table."), ("warmup", "Untimed steps after the compiling call."),
+    ("steps", "Timed steps per window."), ("repeats", "Timed windows (median reported)."),
+    ("pipeline_steps", "Timed batches per pipeline row."), ("torch_timeout_s", "Limit per PyTorch child."),
+    ("scaling_per_device_batch", "Per-device batch of the scaling rows (0: batch / devices)."),
+    ("num_workers", "grain worker processes."), ("num_threads", "grain reading threads."),
+    ("prefetch", "grain read-ahead batches (>= num_threads)."), ("seed", "Seed."))}
+_STRINGS = {name: flags.DEFINE_string(name, None, help_) for name, help_ in (
+    ("dtype", "Compute dtype: bfloat16 or float32."), ("torch", "auto | on | off."),
+    ("torch_compile", "auto (CUDA only) | on | off."), ("scaling_algorithm", "Algorithm of the scaling rows."),
+    ("loop_algorithm", "Algorithm fed by the pipeline."), ("data_dir", "Synthetic data folder ('' = temporary)."),
+    ("compilation_cache_dir", "JAX persistent compilation cache."),
+    ("profile_dir", "Write a jax.profiler trace of a few steps here."),
+    ("profile_algorithm", "Algorithm traced with --profile_dir."))}
+_SCALE = flags.DEFINE_float("synthetic_scale", None, "Fraction of the real dataset sizes generated.")
+_FAST_COMPILE = flags.DEFINE_bool("fast_compile", None, "Compile with XLA backend optimisations off.")
+
+
+def settings_from_flags() -> settings_lib.Settings:
+  overrides = {name: flag.value for name, flag in {**_INTS, **_STRINGS}.items()}
+  overrides["synthetic_scale"] = _SCALE.value
+  overrides["fast_compile"] = _FAST_COMPILE.value
+  if _ALGORITHMS.value is not None:
+    overrides["algorithms"] = (tuple(settings_lib.ALGORITHMS) if _ALGORITHMS.value == ["all"]
+                               else tuple(_ALGORITHMS.value))
+  if _SECTIONS.value is not None:
+    overrides["sections"] = tuple(_SECTIONS.value)
+  if _TORCH_BATCHES.value is not None:
+    overrides["torch_batches"] = tuple(int(b) for b in _TORCH_BATCHES.value)
+  return settings_lib.make_settings("smoke" if _SMOKE.value else _PRESET.value, **overrides)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # TFDS and orbax log every open at INFO
+  settings = settings_from_flags()
+  result = runner.run_benchmark(settings)
+  path = _JSON.value or os.path.join("runs", f"benchmark_{settings.preset}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  meta = result["meta"]
+  print(f"\n{meta['device_count']} x {meta['device_kind']} ({meta['platform']}), jax {meta['versions']['jax']}, "
+        f"flax {meta['versions']['flax']}; preset {settings.preset}: {settings.depth}-layer ResNet, "
+        f"{settings.image_size} px, {settings.dtype}\n")
+  print(report.format_table(result))
+  targets = report.format_targets(result)
+  if targets:
+    print("\nTargets (issue 7; meant for one H100 at the gpu preset):\n" + targets)
+  print(f"\nwrote {path}")
+  report.check_numbers(result)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,111 @@
+"""The benchmark harness in its smoke mode: every section and algorithm runs and reports sane numbers.
+
+Timings are never checked against thresholds; only that each measured number is a positive finite value.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wbcdg_jax.bench import report, runner, settings as settings_lib
+from wbcdg_jax.bench.steps import algorithm_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _positive(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_smoke_runs_every_section_and_algorithm():
+  settings = settings_lib.make_settings("smoke")
+  result = runner.run_benchmark(settings, log=lambda message: None)
+  json.loads(json.dumps(result))  # the launcher writes it as JSON
+
+  sections = result["sections"]
+  assert list(sections) == list(settings_lib.SECTIONS)
+  assert result["meta"]["device_kind"] and result["meta"]["versions"]["jax"]
+  steps = {r["name"]: r for r in sections["steps"]["rows"]}
+  assert list(steps) == list(settings_lib.ALGORITHMS)
+  for name, row in steps.items():
+    assert row["finite"], name
+    assert _positive(row["images_per_s"]) and _positive(row["step_ms"]) and _positive(row["compile_s"]), name
+    assert row["batch"] == settings.batch and len(row["window_step_ms"]) == settings.repeats
+  assert steps["erm"]["ratio"] == pytest.approx(1.0)
+  assert all(_positive(r["ratio"]) for r in steps.values())
+
+  torch_rows = sections["torch"]["rows"]
+  jax_names = [r["name"] for r in torch_rows if r["name"].startswith("JAX")]
+  assert jax_names == ["JAX erm", "JAX boda"]
+  eager = [r for r in torch_rows if r["name"] == "torch eager"]
+  if importlib.util.find_spec("torch") is not None:
+    assert eager[0]["status"] == "ok", eager[0].get("reason")
+    assert _positive(eager[0]["images_per_s"]) and math.isfinite(eager[0]["loss"])
+    assert _positive(sections["torch"]["ratios"][str(settings.batch)]["boda / torch eager"])
+  compile_row = [r for r in torch_rows if r["name"] == "torch.compile"][0]
+  assert compile_row["status"] == "skipped" and compile_row["reason"] == "--torch_compile=off"
+
+  refresh = {r["name"].split(" (")[0]: r for r in sections["refresh"]["rows"]}
+  assert set(refresh) == {"eval forward", "refresh_boda"}
+  assert all(_positive(r["images_per_s"]) for r in refresh.values())
+  pipeline = [r["name"] for r in sections["pipeline"]["rows"]]
+  assert pipeline == ["host read (grain, array_record)", "read + device augmentation", "step on device data",
+                      "full loop (pipeline -> step)"]
+  assert [r["devices"] for r in sections["scaling"]["rows"]] == [1]
+
+  report.check_numbers(result)
+  table = report.format_table(result)
+  for name in settings_lib.ALGORITHMS:
+    assert f"| steps | {name} |" in table
+  assert any(key.startswith("slowest step / ERM") for key in result["targets"])
+
+
+def test_check_numbers_names_the_bad_row():
+  result = {"sections": {"steps": {"rows": [
+      {"name": "erm", "batch": 8, "images_per_s": 10.0, "step_ms": 800.0, "compile_s": 1.0, "loss": 2.5},
+      {"name": "boda", "batch": 8, "images_per_s": float("nan"), "step_ms": 800.0, "loss": 2.5},
+      {"name": "dann", "batch": 8, "images_per_s": 10.0, "step_ms": 800.0, "loss": float("inf")}]}}}
+  with pytest.raises(ValueError, match=r"steps/boda@8: images_per_s=nan.*steps/dann@8: loss=inf"):
+    report.check_numbers(result)
+  result["sections"]["steps"]["rows"] = result["sections"]["steps"]["rows"][:1]
+  report.check_numbers(result)
+
+
+def test_settings_errors_name_the_flag():
+  with pytest.raises(ValueError, match="--algorithms"):
+    settings_lib.make_settings("smoke", algorithms=("erm", "bodda"))
+  with pytest.raises(ValueError, match="--stored_size=16"):
+    settings_lib.make_settings("smoke", stored_size=16)
+  settings = settings_lib.make_settings("gpu", batch=None)  # None keeps the preset's value
+  assert settings.batch == 64 and settings.torch_batches == (64, 256) and settings.dtype == "bfloat16"
+  with pytest.raises(ValueError, match="total batch 9 is not divisible by the 2 source domains"):
+    algorithm_config("boda", settings_lib.make_settings("smoke"), 9)
+
+
+def test_launcher_on_two_fake_cpu_devices(tmp_path):
+  """The launcher end to end on 2 fake CPU devices: the table's steps span both, scaling times 1 and 2, and
+  --profile_dir writes a trace."""
+  out = str(tmp_path / "bench.json")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT)
+  profile = tmp_path / "profile"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"), "--smoke",
+                         "--algorithms=erm", "--sections=steps,scaling", "--scaling_algorithm=erm", f"--json={out}",
+                         f"--profile_dir={profile}", "--profile_algorithm=erm"],
+                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert list(profile.rglob("*.xplane.pb")), "no jax.profiler trace written"
+  assert "| scaling | erm | 8 | 2 |" in proc.stdout
+  with open(out) as f:
+    result = json.load(f)
+  assert result["meta"]["device_count"] == 2 and result["settings"]["preset"] == "smoke"
+  assert [(r["devices"], r["batch"]) for r in result["sections"]["steps"]["rows"]] == [(2, 8)]
+  scaling = result["sections"]["scaling"]["rows"]
+  assert [(r["devices"], r["batch"]) for r in scaling] == [(1, 4), (2, 8)]
+  assert scaling[0]["ratio"] == pytest.approx(1.0) and _positive(scaling[1]["ratio"])
+  report.check_numbers(result)

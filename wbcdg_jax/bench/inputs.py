@@ -1,0 +1,140 @@
+"""Input-pipeline and BoDA-refresh timing on synthetic domains stored as array_record by the real builders.
+
+Pipeline rows, at one total batch:
+  host read        grain reading batches (make_train_iterator, as the trainer calls it) into host memory;
+  read + augment   the same, copied to the devices and augmented there (augment_batch, as in the step);
+  step on device   the train step on a batch already on the devices (the upper bound the loop can reach);
+  full loop        the trainer's loop body: next(iterator) -> shard_batch -> step.
+Refresh rows: the eval-mode forward on a device batch (the refresh's compute), and `trainer.refresh_boda` itself
+(grain eval batches -> features -> per-pair moments -> new statistics) over every source training split.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from data_pipelines import pipeline
+from wbcdg_jax import augment, sharding, trainer
+from wbcdg_jax.bench.settings import Settings
+from wbcdg_jax.bench.steps import BuiltStep, compiler_options, time_step, timed_windows
+from wbcdg_jax.experiment import ExperimentData, load_experiment_data
+
+
+def experiment_data(built: BuiltStep, data_dir: str) -> ExperimentData:
+  """The built step's source domains (synthetic ones are generated into `data_dir` on first use)."""
+  config = built.config.copy_and_resolve_references()
+  config.data.data_dir = data_dir
+  config.data.build_if_missing = True
+  return load_experiment_data(config)
+
+
+def _train_iterator(built: BuiltStep, data: ExperimentData, settings: Settings):
+  return pipeline.make_train_iterator(
+      data.sources, data.train_idx, per_domain_batch=int(built.config.data.per_domain_batch), seed=settings.seed,
+      num_workers=settings.num_workers, num_threads=settings.num_threads, prefetch=settings.prefetch,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _close(iterator) -> None:
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
+def _row(name: str, built: BuiltStep, images: int, seconds: float, **extra) -> dict[str, Any]:
+  return {"name": name, "batch": built.total_batch, "devices": built.num_devices, "images_per_s": images / seconds,
+          "step_ms": 1e3 * seconds * built.total_batch / images, **extra}
+
+
+def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) -> list[dict[str, Any]]:
+  """The four pipeline rows for `built`'s algorithm and total batch (ratios against the on-device step)."""
+  n = int(settings.pipeline_steps)
+  batch = built.total_batch
+  rows = []
+
+  it = _train_iterator(built, data, settings)
+  t0 = time.perf_counter()
+  next(it)  # starts the reading threads / workers
+  start_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(n):
+    next(it)
+  rows.append(_row("host read (grain, array_record)", built, n * batch, time.perf_counter() - t0,
+                   first_call_s=start_s))
+
+  options = augment.AugmentOptions.from_dict(built.config.augment.to_dict())
+  key = jax.random.key(settings.seed)
+  out_size = int(built.config.model.image_size)
+  augment_fn = augment.augment_batch.lower(sharding.shard_batch(next(it), built.mesh)["image"], key,
+                                           out_size=out_size, options=options).compile(compiler_options(settings))
+
+  def read_and_augment(steps):
+    out = None
+    for _ in range(steps):
+      out = augment_fn(sharding.shard_batch(next(it), built.mesh)["image"], key)
+    return out
+
+  timing = timed_windows(read_and_augment, warmup=1, steps=n, repeats=1)
+  rows.append(_row("read + device augmentation", built, batch, timing["step_s"],
+                   first_call_s=timing["first_call_s"]))
+  _close(it)
+
+  on_device = time_step(built, settings, steps=n)
+  on_device["name"] = "step on device data"
+  rows.append(on_device)
+
+  it = _train_iterator(built, data, settings)
+  loop = time_step(built, settings, steps=n, batches=it)
+  _close(it)
+  loop["name"] = "full loop (pipeline -> step)"
+  rows.append(loop)
+  for row in rows:
+    row["ratio"] = row["images_per_s"] / on_device["images_per_s"]
+    row["ratio_to"] = "step on device"
+  return rows
+
+
+def time_refresh(built: BuiltStep, data: ExperimentData, settings: Settings) -> list[dict[str, Any]]:
+  """Eval-forward and full-refresh rows for a BoDA step's model."""
+  config, st, mesh = built.config, built.stage, built.mesh
+  eval_batch = int(config.data.eval_batch)
+  sharding.check_global_batch(eval_batch, mesh, "config.data.eval_batch")
+  rng = np.random.default_rng(settings.seed)
+  size = int(config.data.stored_size)
+  images = sharding.shard_batch({"image": rng.integers(0, 256, (eval_batch, size, size, 3), dtype=np.uint8)},
+                                mesh)["image"]
+  params, batch_stats = built.state.params, built.state.batch_stats
+  eval_fn = st.eval_fn  # the jitted function refresh_boda calls: its first call here compiles it for both
+
+  def forward(steps):
+    out = None
+    for _ in range(steps):
+      out = eval_fn(params, batch_stats, images)
+    return out
+
+  timing = timed_windows(forward, warmup=settings.warmup, steps=settings.steps, repeats=settings.repeats)
+  rows = [{"name": "eval forward (device data)", "batch": eval_batch, "devices": built.num_devices,
+           "images_per_s": eval_batch / timing["step_s"], "step_ms": 1e3 * timing["step_s"],
+           "first_call_s": timing["first_call_s"], "compile_s": max(timing["first_call_s"] - timing["step_s"], 0.0)}]
+
+  num_images = int(sum(len(i) for i in data.train_idx))
+  state = built.state
+  seconds = []
+  for _ in range(1 + settings.repeats):  # the first pass compiles the eval and moment functions
+    t0 = time.perf_counter()
+    refreshed = trainer.refresh_boda(state, st.eval_fn, st.moments_fn, data, config=config, mesh=mesh)
+    jax.block_until_ready(refreshed.boda)
+    seconds.append(time.perf_counter() - t0)
+  if not bool(refreshed.boda.initialized):
+    raise RuntimeError("benchmark: trainer.refresh_boda left the BoDA statistics uninitialised")
+  step_s = statistics.median(seconds[1:])
+  rows.append({"name": "refresh_boda (grain eval batches, features, moments)", "batch": eval_batch,
+               "devices": built.num_devices, "images_per_s": num_images / step_s,
+               "step_ms": 1e3 * step_s * eval_batch / num_images, "first_call_s": seconds[0],
+               "note": f"{num_images} training images per pass"})
+  return rows

@@ -1,0 +1,97 @@
+"""The benchmark's outputs: the Markdown table, the issue's targets, and the check that every number is sane."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# The targets of the issue (one H100, 224 px, bf16, frozen BN); on other hardware they are only informative.
+BODA_VS_TORCH_COMPILE = 1.3
+STEP_VS_ERM = 0.95
+LOOP_VS_STEP = 0.9
+SCALING_EFFICIENCY = 0.9
+
+
+def all_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+  """Every row of every section, in section order, each with its 'section'."""
+  rows = []
+  for section, body in result["sections"].items():
+    for row in body.get("rows", []):
+      rows.append(dict(row, section=section))
+  return rows
+
+
+def _fmt(value, spec: str) -> str:
+  return "" if value is None else format(value, spec)
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """Markdown: section | name | batch | devices | img/s | step ms | compile s | ratio | note."""
+  lines = ["| section | name | batch | devices | img/s | step ms | compile s | ratio | note |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+  for row in all_rows(result):
+    ratio = "" if row.get("ratio") is None else f"{row['ratio']:.2f} x {row['ratio_to']}"
+    note = row.get("note", "")
+    if row.get("status") == "skipped":
+      note = f"skipped: {row.get('reason', '')}"
+    lines.append(f"| {row['section']} | {row['name']} | {_fmt(row.get('batch'), 'd')} | "
+                 f"{_fmt(row.get('devices'), 'd')} | {_fmt(row.get('images_per_s'), '.1f')} | "
+                 f"{_fmt(row.get('step_ms'), '.2f')} | {_fmt(row.get('compile_s'), '.1f')} | {ratio} | "
+                 f"{note.splitlines()[0][:160] if note else ''} |")
+  for section, body in result["sections"].items():
+    if body.get("status") == "skipped":
+      lines.append(f"| {section} | (section) | | | | | | | skipped: {body.get('reason', '')} |")
+  return "\n".join(lines)
+
+
+def format_targets(result: dict[str, Any]) -> str:
+  lines = []
+  for name, t in result.get("targets", {}).items():
+    mark = "met" if t["met"] else "NOT met"
+    lines.append(f"- {name}: {t['value']:.3f} (target {t['op']} {t['target']}) {mark}")
+  return "\n".join(lines)
+
+
+def _target(value: float, target: float, op: str = ">=") -> dict[str, Any]:
+  return {"value": float(value), "target": target, "op": op, "met": bool(value >= target)}
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """The issue's targets evaluated on this run's numbers (timings never fail anything)."""
+  out = {}
+  sections = result["sections"]
+  steps = [r for r in sections.get("steps", {}).get("rows", []) if r.get("ratio") is not None]
+  if steps:
+    worst = min(steps, key=lambda r: r["ratio"])
+    out[f"slowest step / ERM ({worst['name']})"] = _target(worst["ratio"], STEP_VS_ERM)
+  for batch, ratios in sections.get("torch", {}).get("ratios", {}).items():
+    if "boda / torch.compile" in ratios:
+      out[f"BoDA / torch.compile at batch {batch}"] = _target(ratios["boda / torch.compile"], BODA_VS_TORCH_COMPILE)
+  for row in sections.get("pipeline", {}).get("rows", []):
+    if row["name"].startswith("full loop"):
+      out[f"full loop / step on device at batch {row['batch']}"] = _target(row["ratio"], LOOP_VS_STEP)
+  scaling = [r for r in sections.get("scaling", {}).get("rows", []) if r.get("devices", 1) > 1]
+  if scaling:
+    worst = min(scaling, key=lambda r: r["ratio"])
+    out[f"scaling efficiency on {worst['devices']} devices"] = _target(worst["ratio"], SCALING_EFFICIENCY)
+  return out
+
+
+def check_numbers(result: dict[str, Any]) -> None:
+  """Raises ValueError naming every measured row whose throughput, time or loss is not a positive finite number."""
+  bad = []
+  for row in all_rows(result):
+    if row.get("status") == "skipped":
+      continue
+    for key in ("images_per_s", "step_ms"):
+      value = row.get(key)
+      if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        bad.append(f"{row['section']}/{row['name']}@{row.get('batch')}: {key}={value!r}")
+    for key in ("compile_s", "first_call_s", "ratio"):
+      value = row.get(key)
+      if value is not None and not (math.isfinite(value) and value >= 0):
+        bad.append(f"{row['section']}/{row['name']}@{row.get('batch')}: {key}={value!r}")
+    if "loss" in row and not math.isfinite(row["loss"]):
+      bad.append(f"{row['section']}/{row['name']}@{row.get('batch')}: loss={row['loss']!r}")
+  if bad:
+    raise ValueError("benchmark: non-finite or non-positive numbers: " + "; ".join(bad))

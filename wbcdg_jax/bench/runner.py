@@ -1,0 +1,205 @@
+"""Runs the benchmark's sections in order and returns one JSON-ready dict (see report.py for the table).
+
+Order matters on a GPU: the PyTorch reference runs first, in child processes, before this process's JAX claims
+the accelerator's memory (XLA preallocates most of it on first use).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+
+from wbcdg_jax.bench import report
+from wbcdg_jax.bench.settings import SECTIONS, Settings
+from wbcdg_jax.bench.steps import StepCache, algorithm_config, time_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "dm-pix")
+
+
+def _stderr(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def environment() -> dict[str, Any]:
+  """Device name, counts and library versions."""
+  versions = {}
+  for name in _VERSIONED:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  device = jax.devices()[0]
+  return {"device_kind": device.device_kind, "platform": device.platform, "device_count": jax.device_count(),
+          "local_device_count": jax.local_device_count(), "process_count": jax.process_count(),
+          "versions": versions, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# ----------------------------------------------------------------------------------------------------- PyTorch
+
+
+def _torch_child(spec: dict[str, Any], timeout_s: int) -> list[dict[str, Any]]:
+  """Runs one PyTorch variant over its batches in a child process; failures come back as skipped rows."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+  cmd = [sys.executable, "-m", "wbcdg_jax.bench.torch_reference", json.dumps(spec)]
+  try:
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode == 0:
+      return json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    reason = f"child exited with {out.returncode}: {out.stderr.strip()[-1500:]}"
+  except subprocess.TimeoutExpired:
+    reason = f"child ran past --torch_timeout_s={timeout_s}"
+  return [{"variant": spec["variant"], "batch": b, "status": "skipped", "reason": reason} for b in spec["batches"]]
+
+
+def torch_rows(settings: Settings, config) -> dict[str, Any]:
+  """PyTorch eager (and torch.compile) rows at settings.torch_batches, or the reason they were skipped."""
+  if settings.torch == "off":
+    return {"status": "skipped", "reason": "--torch=off", "rows": []}
+  if importlib.util.find_spec("torch") is None:
+    if settings.torch == "on":
+      raise RuntimeError("--torch=on but torch is not importable")
+    return {"status": "skipped", "reason": "torch not importable", "rows": []}
+  spec = {"depth": settings.depth, "image_size": settings.image_size, "batches": list(settings.torch_batches),
+          "dtype": settings.dtype, "warmup": settings.warmup, "steps": settings.steps, "repeats": settings.repeats,
+          "num_classes": 13, "head": config.model.head, "mlp_width": int(config.model.mlp_width),
+          "lr": float(config.optim.lr)}
+  rows = _torch_child(dict(spec, variant="eager"), settings.torch_timeout_s)
+  if settings.torch_compile == "on" or (settings.torch_compile == "auto" and
+                                        any(r.get("device", "cpu") != "cpu" for r in rows)):
+    rows += _torch_child(dict(spec, variant="compile"), settings.torch_timeout_s)
+  else:
+    reason = ("--torch_compile=off" if settings.torch_compile == "off"
+              else "torch.compile runs on CUDA only unless --torch_compile=on")
+    rows += [{"variant": "compile", "batch": b, "status": "skipped", "reason": reason} for b in spec["batches"]]
+  for row in rows:
+    row["name"] = "torch eager" if row["variant"] == "eager" else "torch.compile"
+    row["devices"] = 1
+    if row.get("status") == "ok":
+      row["note"] = f"{row['impl']}, torch {row['torch']}, {row['device']}"
+  return {"status": "ok", "rows": rows}
+
+
+def compare_with_torch(torch_section: dict[str, Any], jax_rows: list[dict[str, Any]]) -> None:
+  """Adds the JAX rows and the JAX / PyTorch ratios (per batch) to the torch section, in place."""
+  ok = {(r["variant"], r["batch"]): r for r in torch_section["rows"] if r.get("status") == "ok"}
+  ratios = {}
+  for row in jax_rows:
+    batch = row["batch"]
+    for variant, label in (("compile", "torch.compile"), ("eager", "torch eager")):
+      ref = ok.get((variant, batch))
+      if ref is not None:
+        ratios.setdefault(str(batch), {})[f"{row['name']} / {label}"] = row["images_per_s"] / ref["images_per_s"]
+        if row.get("ratio") is None:  # the first reference that exists: torch.compile, else eager
+          row["ratio"], row["ratio_to"] = row["images_per_s"] / ref["images_per_s"], label
+    row["name"] = f"JAX {row['name']}"
+  torch_section["rows"] = torch_section["rows"] + jax_rows
+  torch_section["ratios"] = ratios
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+
+
+def scaling_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict[str, Any]]:
+  """settings.scaling_algorithm at a fixed per-device batch on 1, 2, 4, ... and all devices."""
+  total = jax.device_count()
+  if jax.process_count() > 1:
+    return [{"name": settings.scaling_algorithm, "status": "skipped", "reason": "multi-process run"}]
+  per_device = settings.scaling_per_device_batch or settings.batch // total
+  if per_device < 1:
+    raise ValueError(f"--batch={settings.batch} is smaller than the {total} devices; set "
+                     f"--scaling_per_device_batch")
+  counts = sorted({2**i for i in range(total.bit_length()) if 2**i < total} | {total})
+  keys = [(settings.scaling_algorithm, per_device * n, n) for n in counts]
+  todo = [k for k in keys if k not in known]
+  measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
+  rows = [dict(known[k]) if k in known else measured[k] for k in keys]
+  base = rows[0]["images_per_s"]
+  for row in rows:
+    # Weak scaling: the per-device batch stays fixed, so linear scaling multiplies throughput by the devices.
+    row["ratio"], row["ratio_to"] = row["images_per_s"] / (base * row["devices"]), "linear"
+    row["note"] = f"{per_device} images per device"
+  return rows
+
+
+def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+  """Runs settings.sections and returns {'meta', 'settings', 'sections': {name: {'rows': [...]}}, 'targets'}."""
+  settings.validate()
+  if settings.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", settings.compilation_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  result: dict[str, Any] = {"settings": settings.to_dict(), "sections": {}}
+  sections = result["sections"]
+  cache = StepCache(settings, log)
+
+  if "torch" in settings.sections:  # first: before JAX takes the accelerator's memory
+    log("PyTorch reference (child processes)")
+    sections["torch"] = torch_rows(settings, algorithm_config("erm", settings, settings.torch_batches[0]))
+  result["meta"] = environment()
+  log(f"devices: {result['meta']['device_count']} x {result['meta']['device_kind']}")
+
+  known: dict[tuple[str, int, int], dict[str, Any]] = {}  # rows already measured, by (algorithm, batch, devices)
+  if "steps" in settings.sections:
+    rows = time_steps([cache.get(name, settings.batch) for name in settings.algorithms], settings)
+    erm = next((r for r in rows if r["name"] == "erm"), None)
+    for row in rows:
+      known[(row["name"], row["batch"], row["devices"])] = row
+      if erm is not None:
+        # Each round times every step back to back: the median of per-round ratios discounts load that changes
+        # between rounds (a shared CPU); on a quiet device it equals the ratio of the medians.
+        row["ratio"] = statistics.median(e / w for e, w in zip(erm["window_step_ms"], row["window_step_ms"]))
+        row["ratio_to"] = "ERM"
+    sections["steps"] = {"rows": rows}
+
+  if "torch" in settings.sections:
+    jax_rows = []
+    for batch in settings.torch_batches:
+      keys = [(name, batch, jax.device_count()) for name in ("erm", "boda")]
+      todo = [k for k in keys if k not in known]
+      measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
+      for key in keys:
+        row = dict(known[key]) if key in known else measured[key]
+        row.pop("ratio", None)
+        jax_rows.append(row)
+    compare_with_torch(sections["torch"], jax_rows)
+
+  if settings.profile_dir:
+    built = cache.get(settings.profile_algorithm, settings.batch)
+    log(f"profiling {settings.profile_algorithm} into {settings.profile_dir}")
+    with jax.profiler.trace(settings.profile_dir):
+      jax.block_until_ready(built.run(3))
+
+  if {"refresh", "pipeline"} & set(settings.sections):
+    from wbcdg_jax.bench import inputs  # local import: reads TFDS / grain only when needed
+    with tempfile.TemporaryDirectory(prefix="wbcdg_bench_") as tmp:
+      data_dir = settings.data_dir or tmp
+      log(f"synthetic domains in {data_dir}")
+      if "refresh" in settings.sections:
+        name = settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda"
+        built = cache.get(name, settings.batch)
+        sections["refresh"] = {"rows": inputs.time_refresh(built, inputs.experiment_data(built, data_dir), settings)}
+      if "pipeline" in settings.sections:
+        rows = []
+        for batch in sorted({settings.batch, *settings.torch_batches}):
+          built = cache.get(settings.loop_algorithm, batch)
+          rows += inputs.time_pipeline(built, inputs.experiment_data(built, data_dir), settings)
+        sections["pipeline"] = {"rows": rows}
+
+  if "scaling" in settings.sections:
+    sections["scaling"] = {"rows": scaling_rows(cache, settings, known)}
+
+  result["sections"] = {k: sections[k] for k in SECTIONS if k in sections}  # table order
+  result["targets"] = report.targets(result)
+  return result

@@ -1,0 +1,137 @@
+"""What one benchmark run measures: a preset (gpu, cpu, smoke) with any field overridden.
+
+* `gpu`:   the paper's shapes: ResNet-50, 224 px (stored 256 px), bfloat16 compute, every algorithm at total batch
+           64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256.
+* `cpu`:   the `quick` preset's shapes (ResNet-10, 64 px, float32, total batch 32); PyTorch eager only.
+* `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
+           every section runs; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# Benchmark name -> (configs/<module>.py, training stage).
+ALGORITHMS: dict[str, tuple[str, int]] = {
+    "erm": ("erm", 1),
+    "coral": ("coral", 1),
+    "mmd": ("mmd", 1),
+    "dann": ("dann", 1),
+    "cdann": ("cdann", 1),
+    "boda": ("boda", 1),
+    "boda_mahalanobis": ("boda_mahalanobis", 1),
+    "decoupled_stage2": ("boda_decoupled", 2),
+}
+SECTIONS = ("steps", "torch", "refresh", "pipeline", "scaling")
+
+
+@dataclasses.dataclass
+class Settings:
+  """Every knob of a run (all recorded in the JSON).
+
+  Attributes:
+    preset: the preset the values started from.
+    config_preset: configs/base.py preset the algorithm configs start from (paper, quick, tiny).
+    image_size: px side fed to the network.
+    stored_size: px side of the stored / host images (the step crops and resizes them to image_size).
+    depth: ResNet depth.
+    dtype: compute dtype ('bfloat16' or 'float32'); parameters and losses stay float32.
+    batch: total batch (over devices and source domains) of the algorithm table.
+    torch_batches: total batches of the JAX-versus-PyTorch comparison (and of the pipeline section).
+    algorithms: names from ALGORITHMS.
+    sections: names from SECTIONS to run.
+    warmup: untimed steps after the first (compiling) call.
+    steps: timed steps per window; repeats: windows (the median window is reported).
+    pipeline_steps: timed batches per pipeline measurement.
+    torch: 'auto' (run if torch is importable), 'on' or 'off'; torch_compile: 'auto' (on CUDA only), 'on', 'off'.
+    torch_timeout_s: limit on each PyTorch child process.
+    scaling_algorithm: the algorithm timed over 1, 2, 4, ... devices; scaling_per_device_batch: its per-device
+      batch (0: batch / device count, so the all-device row is the algorithm table's setting).
+    loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
+    data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
+    synthetic_scale: fraction of the real dataset sizes generated.
+    num_workers, num_threads, prefetch: grain reading processes, threads and read-ahead batches (the defaults are
+      the trainer's; raise them to find the pipeline's limit, keeping prefetch >= num_threads).
+    fast_compile: compile with XLA's backend optimisations off (the smoke: faster compiles, slower steps).
+    compilation_cache_dir: JAX persistent compilation cache ('' = off; reported compile times are then loads).
+    profile_dir: if set, a jax.profiler trace of a few steps of `profile_algorithm` is written there.
+    seed: PRNG seed of the synthetic batches and models.
+  """
+
+  preset: str = "cpu"
+  config_preset: str = "quick"
+  image_size: int = 64
+  stored_size: int = 64
+  depth: int = 10
+  dtype: str = "float32"
+  batch: int = 32
+  torch_batches: tuple[int, ...] = (32,)
+  algorithms: tuple[str, ...] = tuple(ALGORITHMS)
+  sections: tuple[str, ...] = SECTIONS
+  warmup: int = 1
+  steps: int = 5
+  repeats: int = 1
+  pipeline_steps: int = 10
+  torch: str = "auto"
+  torch_compile: str = "auto"
+  torch_timeout_s: int = 600
+  scaling_algorithm: str = "boda"
+  scaling_per_device_batch: int = 0
+  loop_algorithm: str = "boda"
+  data_dir: str = ""
+  synthetic_scale: float = 0.02
+  num_workers: int = 0
+  num_threads: int = 4
+  prefetch: int = 4
+  fast_compile: bool = False
+  compilation_cache_dir: str = ""
+  profile_dir: str = ""
+  profile_algorithm: str = "boda"
+  seed: int = 0
+
+  def validate(self) -> None:
+    unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+    if unknown:
+      raise ValueError(f"--algorithms: unknown {unknown}; choose from {sorted(ALGORITHMS)} or 'all'")
+    for name in ("loop_algorithm", "scaling_algorithm", "profile_algorithm"):
+      if getattr(self, name) not in ALGORITHMS:
+        raise ValueError(f"--{name}={getattr(self, name)!r} is not one of {sorted(ALGORITHMS)}")
+    unknown = [s for s in self.sections if s not in SECTIONS]
+    if unknown:
+      raise ValueError(f"--sections: unknown {unknown}; choose from {SECTIONS}")
+    if self.dtype not in ("bfloat16", "float32"):
+      raise ValueError(f"--dtype={self.dtype!r} is not 'bfloat16' or 'float32'")
+    for name in ("torch", "torch_compile"):
+      if getattr(self, name) not in ("auto", "on", "off"):
+        raise ValueError(f"--{name}={getattr(self, name)!r} is not 'auto', 'on' or 'off'")
+    for name in ("steps", "repeats", "pipeline_steps", "batch"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
+    if self.stored_size < self.image_size:
+      raise ValueError(f"--stored_size={self.stored_size} is smaller than --image_size={self.image_size}")
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
+                torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420),
+    "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
+                torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6),
+    "smoke": dict(config_preset="tiny", image_size=32, stored_size=32, depth=10, dtype="float32", batch=8,
+                  torch_batches=(8,), warmup=1, steps=2, repeats=1, pipeline_steps=2, synthetic_scale=0.004,
+                  torch_compile="off", fast_compile=True),
+}
+
+
+def make_settings(preset: str, **overrides: Any) -> Settings:
+  """The preset's settings with `overrides` (None values are ignored) applied, validated."""
+  if preset not in PRESETS:
+    raise ValueError(f"--preset={preset!r} is not one of {sorted(PRESETS)}")
+  values = dict(PRESETS[preset], preset=preset)
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  settings = Settings(**values)
+  settings.validate()
+  return settings
