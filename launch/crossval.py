@@ -13,6 +13,8 @@ goes to <workdir>/crossval.json (or leave_one_domain_out.json).
 
 import json
 
+import os
+
 import _paths  # noqa: F401  (repository root on sys.path)
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,6 +24,8 @@ from wbcdg_jax import protocol
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/boda.py:quick", "Config file[:preset].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (default: runs/cv_<algorithm>).")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache shared by the runs "
+                             "(default: <workdir>/jax_cache; '' turns it off).")
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: all of config.data.num_folds).")
 _LODO = flags.DEFINE_bool("leave_one_domain_out", False, "Each domain of sources + target is the target in turn.")
 
@@ -32,6 +36,7 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or f"runs/cv_{config.algorithm}"
   folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
+  protocol.enable_compilation_cache(os.path.join(workdir, "jax_cache") if _CACHE.value is None else _CACHE.value)
   if _LODO.value:
     summary = protocol.run_leave_one_domain_out(config, workdir, folds=folds)
     for domain, s in summary["per_target"].items():

@@ -44,7 +44,7 @@ def algorithm_config(name: str, settings: Settings, total_batch: int) -> ml_coll
   config.data.synthetic_scale = float(settings.synthetic_scale)
   config.data.num_workers = int(settings.num_workers)
   config.data.target = ""  # no unseen domain is read
-  # Active from the first step: before boda.start_step a lax.cond skips the BoDA term and the timing would be ERM's.
+  # Active from the first step, with seeded statistics, so the timed step is the step BoDA trains with.
   config.boda.start_step = 0
   return config
 
