@@ -7,36 +7,33 @@ classifier.json (class names, S, fov_um, ...). Load it with `wbcdg_jax.export.lo
 jax and numpy.
 """
 
-import argparse
 import sys
 
 import _paths  # noqa: F401  (repository root on sys.path)
+from absl import app, flags, logging
 
 from wbcdg_jax import checkpoint, export, predict
 
-
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True, help="work directory of a training run")
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--platforms", default=",".join(export.DEFAULT_PLATFORMS),
-                      help="comma-separated backends to lower for (cpu, cuda, rocm, tpu)")
-  return parser.parse_args(argv)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "work directory of a training run")
+_OUT = flags.DEFINE_string("out", None, "output folder")
+_PLATFORMS = flags.DEFINE_string("platforms", ",".join(export.DEFAULT_PLATFORMS),
+                                 "comma-separated backends to lower for (cpu, cuda, rocm, tpu)")
+flags.mark_flags_as_required(["checkpoint", "out"])
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint open at INFO
   try:
-    bundle = checkpoint.load_for_inference(args.checkpoint)
+    bundle = checkpoint.load_for_inference(_CHECKPOINT.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  path = export.export_classifier(bundle, args.out, platforms=tuple(p for p in args.platforms.split(",") if p))
+    sys.exit(f"error: {e}")  # exit status 1, the message on stderr
+  path = export.export_classifier(bundle, _OUT.value, platforms=tuple(p for p in _PLATFORMS.value.split(",") if p))
   size = predict.input_size(bundle)
   print(f"wrote {path}: {len(bundle.class_names)} classes; input uint8 [b, {size}, {size}, 3] = the centre "
         f"{bundle.fov_um:g} um of each image resized to {size} px")
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -10,37 +10,33 @@ data. The CSV has one row per file: file, predicted_class, probability, top3 ('c
 ('yes' when probability < --review_threshold) and error (why an unreadable file was skipped; also on stderr).
 """
 
-import argparse
 import sys
 
 import _paths  # noqa: F401  (repository root on sys.path)
+from absl import app, flags, logging
 
 from wbcdg_jax import checkpoint, predict
 
-
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True, help="work directory of a training run")
-  parser.add_argument("--images", required=True, help="folder (recursive) or glob of images")
-  parser.add_argument("--px_per_um", type=float, required=True, help="resolution of the images, pixels per um")
-  parser.add_argument("--out", default="predictions.csv", help="CSV to write")
-  parser.add_argument("--batch_size", type=int, default=64, help="images per accelerator call")
-  parser.add_argument("--review_threshold", type=float, default=0.5,
-                      help="flag cells whose top probability is below this")
-  return parser.parse_args(argv)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "work directory of a training run")
+_IMAGES = flags.DEFINE_string("images", None, "folder (recursive) or glob of images")
+_PX_PER_UM = flags.DEFINE_float("px_per_um", None, "resolution of the images, pixels per um")
+_OUT = flags.DEFINE_string("out", "predictions.csv", "CSV to write")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "images per accelerator call")
+_REVIEW_THRESHOLD = flags.DEFINE_float("review_threshold", 0.5, "flag cells whose top probability is below this")
+flags.mark_flags_as_required(["checkpoint", "images", "px_per_um"])
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint open at INFO
   try:
-    bundle = checkpoint.load_for_inference(args.checkpoint)
-    predict.run(bundle, args.images, px_per_um=args.px_per_um, out=args.out, batch_size=args.batch_size,
-                review_threshold=args.review_threshold)
+    bundle = checkpoint.load_for_inference(_CHECKPOINT.value)
+    predict.run(bundle, _IMAGES.value, px_per_um=_PX_PER_UM.value, out=_OUT.value, batch_size=_BATCH_SIZE.value,
+                review_threshold=_REVIEW_THRESHOLD.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+    sys.exit(f"error: {e}")  # exit status 1, the message on stderr
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

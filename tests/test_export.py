@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.test_predict import load_launcher
+from tests.test_predict import assert_help, make_workdir, run_launcher
 from tests.tiny_model import tiny_bundle
 from wbcdg_jax import checkpoint, export, predict
 
@@ -76,10 +76,19 @@ def test_load_exported_needs_no_training_code(exported_dir):
   assert result.stdout.strip().endswith("ok")
 
 
-def test_export_launcher(bundle, tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(checkpoint, "load_for_inference", lambda workdir: bundle)
-  launcher = load_launcher("export", monkeypatch)
+def test_export_launcher(tmp_path):
+  """launch/export.py in a child process exports the work directory's selected model, not some other one."""
+  workdir = make_workdir(str(tmp_path / "run"))
   out = str(tmp_path / "exp")
-  assert launcher.main(["--checkpoint", "ignored", "--out", out, "--platforms", "cpu"]) == 0
-  assert "uint8 [b, 48, 48, 3]" in capsys.readouterr().out
-  assert export.load_exported(out)(np.zeros((1, 48, 48, 3), np.uint8)).shape == (1, 13)
+  proc = run_launcher("export", "--checkpoint", workdir, "--out", out, "--platforms", "cpu")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  bundle = checkpoint.load_for_inference(workdir)
+  size = predict.input_size(bundle)
+  assert f"uint8 [b, {size}, {size}, 3]" in proc.stdout
+  loaded = export.load_exported(out)
+  images = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+  np.testing.assert_allclose(loaded(images), predict.make_classifier_fn(bundle)(images), atol=1e-5)
+  proc = run_launcher("export", f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path / 'exp2'}")
+  assert proc.returncode == 1 and "error:" in proc.stderr and "nope" in proc.stderr
+  assert not os.path.exists(tmp_path / "exp2")
+  assert_help("export", "checkpoint", "out", "platforms")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from tests.tiny_model import tiny_bundle
 from wbcdg_jax import predict
 
 PX_PER_UM = 1.6  # 25 um field of view -> 40 px crops, resized to 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rgb(rng, h, w):
@@ -127,43 +129,57 @@ def test_csv_count_and_summary(tmp_path):
   assert "  a      2    50.0%" in text
 
 
-def load_launcher(name, monkeypatch):
-  """Imports launch/<name>.py in-process (its `_paths` helper must be importable, as when run as a script)."""
-  launch_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "launch")
-  monkeypatch.syspath_prepend(launch_dir)
-  path = os.path.join(launch_dir, f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"launch_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def run_launcher(name: str, *args: str) -> subprocess.CompletedProcess:
+  """Runs launch/<name>.py as a child process on the CPU: its absl flags are process-wide, and predict and export
+  both define --checkpoint/--out, so the launchers cannot share the pytest process."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, os.path.join("launch", f"{name}.py"), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
 
 
-def test_launcher_end_to_end_from_a_work_directory(tmp_path, image_dir, capsys, monkeypatch):
-  """A real work directory (config.json + orbax best/ model) through checkpoint.load_for_inference."""
+def assert_help(name: str, *flag_names: str) -> None:
+  """--help prints the module docstring and the launcher's own flags (absl exits 1 after help)."""
+  proc = run_launcher(name, "--help")
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert f"python launch/{name}.py" in proc.stdout
+  for flag in flag_names:
+    assert f"--{flag}:" in proc.stdout or f"--[no]{flag}:" in proc.stdout, flag
+
+
+def make_workdir(path: str) -> str:
+  """A real work directory of the tiny preset: config.json and an orbax best/ model with random variables."""
   from configs import base
   from tests.tiny_model import random_variables
   from wbcdg_jax import checkpoint
   from wbcdg_jax.models import Classifier
 
   config = base.apply_preset(base.get_config(), "tiny")
-  workdir = str(tmp_path / "run")
-  checkpoint.save_config(workdir, config)
+  checkpoint.save_config(path, config)
   model = checkpoint.model_from_config(config, Classifier)
-  variables = random_variables(model, config.model.image_size, seed=1)
-  best = checkpoint.BestModel(os.path.join(workdir, "best"))
-  best.offer(2, variables, {"val_f1_macro": 0.5})
+  best = checkpoint.BestModel(os.path.join(path, "best"))
+  best.offer(2, random_variables(model, config.model.image_size, seed=1), {"val_f1_macro": 0.5})
   best.close()
+  return path
+
+
+def test_launcher_end_to_end_from_a_work_directory(tmp_path, image_dir):
+  """A real work directory through checkpoint.load_for_inference, in a child process like a user's command."""
+  workdir = make_workdir(str(tmp_path / "run"))
   out = str(tmp_path / "pred.csv")
-  launcher = load_launcher("predict", monkeypatch)
-  rc = launcher.main(["--checkpoint", workdir, "--images", str(image_dir), "--px_per_um", str(PX_PER_UM),
-                      "--out", out, "--batch_size", "4", "--review_threshold", "0.3"])
-  captured = capsys.readouterr()
-  assert rc == 0
-  assert f"Differential count of {len(READABLE)} cells" in captured.out
-  assert "truncated.jpg" in captured.err and "fake.tiff" in captured.err
+  proc = run_launcher("predict", "--checkpoint", workdir, "--images", str(image_dir), "--px_per_um", str(PX_PER_UM),
+                      "--out", out, "--batch_size", "4", "--review_threshold", "0.3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"Differential count of {len(READABLE)} cells" in proc.stdout
+  assert "top probability < 0.3" in proc.stdout  # --review_threshold reached the summary (default 0.5)
+  assert "truncated.jpg" in proc.stderr and "fake.tiff" in proc.stderr
   with open(out, newline="") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(READABLE) + len(BROKEN)
-  assert launcher.main(["--checkpoint", str(tmp_path / "nope"), "--images", str(image_dir),
-                        "--px_per_um", "2"]) == 1
-  assert "nope" in capsys.readouterr().err
+  # and the CSV: 'yes' exactly where the top probability is below 0.3.
+  assert all(r["review"] == ("yes" if float(r["probability"]) < 0.3 else "no") for r in rows if r["probability"])
+  proc = run_launcher("predict", f"--checkpoint={tmp_path / 'nope'}", f"--images={image_dir}", "--px_per_um=2")
+  assert proc.returncode == 1
+  assert "error:" in proc.stderr and "nope" in proc.stderr
+  proc = run_launcher("predict", "--images", str(image_dir), "--px_per_um", "2")
+  assert proc.returncode != 0 and "--checkpoint" in proc.stderr  # required flag
+  assert_help("predict", "checkpoint", "images", "px_per_um", "out", "batch_size", "review_threshold")

@@ -297,18 +297,27 @@ def test_keras_conversion_matches_keras_semantics(keras_reference):
   assert v1_diff > 100 * exact_diff
 
 
-def test_convert_weights_launcher(tmp_path, monkeypatch, capsys):
-  from tests.test_predict import load_launcher
+def test_convert_weights_launcher(tmp_path):
+  """launch/convert_weights.py in a child process: writes the init file, and a depth mismatch exits 1 naming
+  the missing key."""
+  from tests.test_predict import assert_help, run_launcher
 
   model = ref.TorchvisionResNet(10, num_classes=5)
   torch.save(model.state_dict(), tmp_path / "r10.pth")
-  launcher = load_launcher("convert_weights", monkeypatch)
   out = str(tmp_path / "init.npz")
-  assert launcher.main(["--input", str(tmp_path / "r10.pth"), "--depth", "10", "--output", out]) == 0
-  assert "--config.init.checkpoint=" + out in capsys.readouterr().out
+  proc = run_launcher("convert_weights", "--input", str(tmp_path / "r10.pth"), "--depth", "10", "--output", out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "--config.init.checkpoint=" + out in proc.stdout
   params, _ = load_encoder_init(out, depth=10)
   np.testing.assert_array_equal(params["conv1"]["kernel"],
                                 model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
   assert not read_init_file(out)[1]["head"]  # the ImageNet head is left out by default
-  assert launcher.main(["--input", str(tmp_path / "r10.pth"), "--depth", "18", "--output", out]) == 1
-  assert "missing params/layer1_1/conv1/kernel" in capsys.readouterr().err
+  with_head = str(tmp_path / "with_head.npz")
+  proc = run_launcher("convert_weights", f"--input={tmp_path / 'r10.pth'}", "--depth=10", f"--output={with_head}",
+                      "--format=torchvision", "--include_head")
+  assert proc.returncode == 0 and "with the source classifier" in proc.stdout, proc.stderr[-3000:]
+  assert read_init_file(with_head)[1]["head"]
+  proc = run_launcher("convert_weights", "--input", str(tmp_path / "r10.pth"), "--depth", "18", "--output", out)
+  assert proc.returncode == 1
+  assert "error:" in proc.stderr and "missing params/layer1_1/conv1/kernel" in proc.stderr
+  assert_help("convert_weights", "input", "depth", "output", "format", "include_head", "allow_keras_v1")
