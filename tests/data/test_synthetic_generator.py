@@ -157,8 +157,8 @@ def _nucleus_um2_from_image(img: np.ndarray, ppu: float) -> float:
   assert n > 0
   h, w = dark.shape
   sizes = ndimage.sum(dark, lab, index=np.arange(1, n + 1))
-  cy, cx = ndimage.center_of_mass(dark, lab, index=np.arange(1, n + 1)), None
-  dist = [np.hypot(y - h / 2, x - w / 2) for y, x in cy]
+  centres = ndimage.center_of_mass(dark, lab, index=np.arange(1, n + 1))
+  dist = [np.hypot(y - h / 2, x - w / 2) for y, x in centres]
   # The biggest component not far from the centre (the cell is centred within ~2 um).
   ok = [k for k in range(n) if dist[k] < 8 * ppu]
   k = max(ok, key=lambda k: sizes[k])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from configs import base
 from wbcdg_jax import sharding
 from wbcdg_jax.classes import NUM_CLASSES
 from wbcdg_jax.stage import build_stage
@@ -49,7 +48,6 @@ def tiny_batch(config, step: int = 0, stored: int = 32) -> dict[str, np.ndarray]
 
 def seeded_boda_stats(stage, counts, seed: int = 1):
   """Initialised BoDA statistics with random centroids, so the BoDA term is active from step 0."""
-  import jax
   import jax.numpy as jnp
 
   rng = np.random.default_rng(seed)
