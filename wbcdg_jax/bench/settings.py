@@ -2,7 +2,7 @@
 
 * `gpu`:   the paper's shapes: ResNet-50, 224 px (stored 256 px), bfloat16 compute, every algorithm at total batch
            64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256.
-* `cpu`:   the `quick` preset's shapes (ResNet-10, 64 px, float32, total batch 32); PyTorch eager only.
+* `cpu`:   the `quick` preset's model (ResNet-10, 64 px, float32) at total batch 32; PyTorch eager only.
 * `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
            every section runs; its numbers mean nothing.
 """
