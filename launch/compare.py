@@ -30,8 +30,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
-  protocol.enable_compilation_cache(
-      os.path.join(_WORKDIR.value, "jax_cache") if _CACHE.value is None else _CACHE.value)
+  protocol.enable_compilation_cache(_WORKDIR.value, _CACHE.value)
   if _PAIR.value is not None and len(_PAIR.value) != 2:
     raise app.UsageError(f"--pair needs two algorithms, got {_PAIR.value}")
   runs = protocol.run_comparison(_ALGORITHMS.value, _PRESET.value, _WORKDIR.value, folds=folds,

@@ -13,8 +13,6 @@ goes to <workdir>/crossval.json (or leave_one_domain_out.json).
 
 import json
 
-import os
-
 import _paths  # noqa: F401  (repository root on sys.path)
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -36,7 +34,7 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or f"runs/cv_{config.algorithm}"
   folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
-  protocol.enable_compilation_cache(os.path.join(workdir, "jax_cache") if _CACHE.value is None else _CACHE.value)
+  protocol.enable_compilation_cache(workdir, _CACHE.value)
   if _LODO.value:
     summary = protocol.run_leave_one_domain_out(config, workdir, folds=folds)
     for domain, s in summary["per_target"].items():

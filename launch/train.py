@@ -37,12 +37,12 @@ def main(argv):
   if _DISTRIBUTED.value or _COORDINATOR.value is not None:
     multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
+  workdir = _WORKDIR.value or config.workdir
   try:
-    config_validation.validate_config(config)  # before any data is built or read, or anything compiled
+    # The trainer validates the config before it reads data, writes or compiles anything.
+    result = trainer.train_and_evaluate(config, workdir)
   except config_validation.ConfigError as e:
     sys.exit(f"invalid --config ({config_flags.get_config_filename(flags.FLAGS['config'])}): {e}")
-  workdir = _WORKDIR.value or config.workdir
-  result = trainer.train_and_evaluate(config, workdir)
   if jax.process_index() != 0:
     return  # process 0 reports for all
   summary = {k: {m: round(result[k][m], 4) for m in ("f1_macro", "f1_micro", "accuracy")}
