@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head = "mlp"  # 'linear' or 'mlp'
   c.model.mlp_width = 512
   c.model.dropout = 0.0  # feature dropout before the head (0 / 0.1 / 0.5 in the searches)
+  # How the same function is computed (speed only; see wbcdg_jax/models/resnet.py and launch/benchmark.py):
+  c.model.fold_frozen_bn = True  # frozen batch norm folded into its convolution: conv(x, W * m) + t
+  c.model.max_pool = "window"  # the stem's max pool: 'window' (reduce_window) or 'slices' (max of strided slices)
 
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""  # converted ImageNet weights (launch/convert_weights.py); '' = random init (warned)

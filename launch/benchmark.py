@@ -24,6 +24,9 @@ _JSON = flags.DEFINE_string("json", None, "Output JSON path (default runs/benchm
 _ALGORITHMS = flags.DEFINE_list("algorithms", None, f"'all' or names from {sorted(settings_lib.ALGORITHMS)}.")
 _SECTIONS = flags.DEFINE_list("sections", None, f"Sections to run (default all): {settings_lib.SECTIONS}.")
 _TORCH_BATCHES = flags.DEFINE_list("torch_batches", None, "Total batches of the JAX-vs-PyTorch comparison.")
+_VARIANTS = flags.DEFINE_list("variants", None, "Model variants timed against the default model, each "
+                              "'field=value[+field=value]' of configs/base.py's model, e.g. max_pool=slices; "
+                              "'none' for none.")
 _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("image_size", "Network input px."), ("stored_size", "Stored / host image px."), ("depth", "ResNet depth."),
     ("batch", "Total batch of the algorithm table."), ("warmup", "Untimed steps after the compiling call."),
@@ -31,14 +34,16 @@ _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("pipeline_steps", "Timed batches per pipeline row."), ("torch_timeout_s", "Limit per PyTorch child."),
     ("scaling_per_device_batch", "Per-device batch of the scaling rows (0: batch / devices)."),
     ("num_workers", "grain worker processes."), ("num_threads", "grain reading threads."),
-    ("prefetch", "grain read-ahead batches (>= num_threads)."), ("seed", "Seed."))}
+    ("prefetch", "grain read-ahead batches (>= num_threads)."), ("seed", "Seed."),
+    ("compile_threads", "Steps compiled at once."))}
 _STRINGS = {name: flags.DEFINE_string(name, None, help_) for name, help_ in (
     ("dtype", "Compute dtype: bfloat16 or float32."), ("torch", "auto | on | off."),
     ("torch_compile", "auto (CUDA only) | on | off."), ("scaling_algorithm", "Algorithm of the scaling rows."),
     ("loop_algorithm", "Algorithm fed by the pipeline."), ("data_dir", "Synthetic data folder ('' = temporary)."),
     ("compilation_cache_dir", "JAX persistent compilation cache."),
     ("profile_dir", "Write a jax.profiler trace of a few steps here."),
-    ("profile_algorithm", "Algorithm traced with --profile_dir."))}
+    ("profile_algorithm", "Algorithm traced with --profile_dir."),
+    ("variant_algorithm", "Algorithm the --variants are timed with."))}
 _SCALE = flags.DEFINE_float("synthetic_scale", None, "Fraction of the real dataset sizes generated.")
 _FAST_COMPILE = flags.DEFINE_bool("fast_compile", None, "Compile with XLA backend optimisations off.")
 
@@ -52,6 +57,8 @@ def settings_from_flags() -> settings_lib.Settings:
                                else tuple(_ALGORITHMS.value))
   if _SECTIONS.value is not None:
     overrides["sections"] = tuple(_SECTIONS.value)
+  if _VARIANTS.value is not None:
+    overrides["variants"] = () if _VARIANTS.value == ["none"] else tuple(_VARIANTS.value)
   if _TORCH_BATCHES.value is not None:
     overrides["torch_batches"] = tuple(int(b) for b in _TORCH_BATCHES.value)
   return settings_lib.make_settings("smoke" if _SMOKE.value else _PRESET.value, **overrides)
@@ -61,11 +68,17 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # TFDS and orbax log every open at INFO
   settings = settings_from_flags()
-  result = runner.run_benchmark(settings)
   path = _JSON.value or os.path.join("runs", f"benchmark_{settings.preset}.json")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+
+  def save(result):  # after every section, so that a run cut short keeps what it measured
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+
+  result = runner.run_benchmark(settings, on_section=save)
+  save(result)
   meta = result["meta"]
   print(f"\n{meta['device_count']} x {meta['device_kind']} ({meta['platform']}), jax {meta['versions']['jax']}, "
         f"flax {meta['versions']['flax']}; preset {settings.preset}: {settings.depth}-layer ResNet, "

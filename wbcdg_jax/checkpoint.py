@@ -157,4 +157,5 @@ def model_from_config(config: ml_collections.ConfigDict, classifier_cls: Any) ->
   m = config.model
   return classifier_cls(num_classes=len(CLASS_NAMES), depth=int(m.depth), bn_mode=m.bn_mode,
                         dtype=jax.numpy.dtype(m.dtype),
-                        head=m.head, mlp_width=int(m.mlp_width), dropout=float(m.dropout))
+                        head=m.head, mlp_width=int(m.mlp_width), dropout=float(m.dropout),
+                        fold_frozen_bn=bool(m.get("fold_frozen_bn", True)), max_pool=m.get("max_pool", "window"))

@@ -34,7 +34,7 @@ from configs import base
 from wbcdg_jax.algorithms import ALGORITHMS, MULTI_DOMAIN_TERMS
 from wbcdg_jax.augment import AugmentOptions
 from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
-from wbcdg_jax.models import BN_MODES, HEAD_KINDS, STAGE_SIZES
+from wbcdg_jax.models import BN_MODES, HEAD_KINDS, MAX_POOLS, STAGE_SIZES
 
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adamw")
@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple] = {
     "data.target_split": ("fold", "all"),
     "model.depth": tuple(sorted(STAGE_SIZES)),
     "model.bn_mode": BN_MODES,
+    "model.max_pool": MAX_POOLS,
     "model.dtype": DTYPES,
     "model.head": HEAD_KINDS,
     "optim.name": OPTIMIZERS,

@@ -50,6 +50,14 @@ def test_smoke_runs_every_section_and_algorithm():
   compile_row = [r for r in torch_rows if r["name"] == "torch.compile"][0]
   assert compile_row["status"] == "skipped" and compile_row["reason"] == "--torch_compile=off"
 
+  # The model variant is timed against the default model (the same ERM step the torch section timed).
+  variants = sections["variants"]["rows"]
+  assert [r["model_variant"] for r in variants] == ["", *settings.variants]
+  assert variants[0]["ratio"] == pytest.approx(1.0) and variants[0]["note"].startswith("default: fold_frozen_bn")
+  assert all(r["finite"] and _positive(r["images_per_s"]) and r["name"] == "erm" for r in variants)
+  erm_torch = next(r for r in torch_rows if r["name"] == "JAX erm")
+  assert variants[0]["images_per_s"] == erm_torch["images_per_s"]
+
   refresh = {r["name"].split(" (")[0]: r for r in sections["refresh"]["rows"]}
   assert set(refresh) == {"eval forward", "refresh_boda"}
   assert all(_positive(r["images_per_s"]) for r in refresh.values())
@@ -62,6 +70,7 @@ def test_smoke_runs_every_section_and_algorithm():
   table = report.format_table(result)
   for name in settings_lib.ALGORITHMS:
     assert f"| steps | {name} |" in table
+  assert f"| variants | erm [{settings.variants[0]}] |" in table
   assert any(key.startswith("slowest step / ERM") for key in result["targets"])
 
 
@@ -76,6 +85,15 @@ def test_check_numbers_names_the_bad_row():
   report.check_numbers(result)
 
 
+def test_torch_child_rows_survive_a_cut_short_child():
+  spec = {"variant": "compile", "batches": [64, 256]}
+  stdout = 'compiling...\n{"row": {"variant": "compile", "batch": 64, "status": "ok", "images_per_s": 10.0}}\n'
+  rows = runner.rows_from_child(stdout, spec, "child ran past --torch_timeout_s=5")
+  assert [(r["batch"], r["status"]) for r in rows] == [(64, "ok"), (256, "skipped")]
+  assert rows[1]["reason"] == "child ran past --torch_timeout_s=5"
+  assert [r["status"] for r in runner.rows_from_child("", spec, "child exited with 1")] == ["skipped"] * 2
+
+
 def test_settings_errors_name_the_flag():
   with pytest.raises(ValueError, match="--algorithms"):
     settings_lib.make_settings("smoke", algorithms=("erm", "bodda"))
@@ -83,6 +101,14 @@ def test_settings_errors_name_the_flag():
     settings_lib.make_settings("smoke", stored_size=16)
   settings = settings_lib.make_settings("gpu", batch=None)  # None keeps the preset's value
   assert settings.batch == 64 and settings.torch_batches == (64, 256) and settings.dtype == "bfloat16"
+  with pytest.raises(ValueError, match=r"model.max_pol is not a field"):
+    settings_lib.make_settings("smoke", variants=("max_pol=slices",))
+  with pytest.raises(ValueError, match=r"model.fold_frozen_bn='maybe' is not a bool"):
+    settings_lib.make_settings("smoke", variants=("max_pool=slices+fold_frozen_bn=maybe",))
+  with pytest.raises(ValueError, match="expected field=value"):
+    settings_lib.make_settings("smoke", variants=("slices",))
+  assert settings_lib.parse_variant("fold_frozen_bn=False+max_pool=slices+depth=18") == {
+      "fold_frozen_bn": False, "max_pool": "slices", "depth": 18}
   with pytest.raises(ValueError, match="total batch 9 is not divisible by the 2 source domains"):
     algorithm_config("boda", settings_lib.make_settings("smoke"), 9)
 
@@ -96,6 +122,7 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   profile = tmp_path / "profile"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"), "--smoke",
                          "--algorithms=erm", "--sections=steps,scaling", "--scaling_algorithm=erm", f"--json={out}",
+                         "--compile_threads=1",
                          f"--profile_dir={profile}", "--profile_algorithm=erm"],
                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]

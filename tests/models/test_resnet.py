@@ -22,7 +22,7 @@ def test_parameter_counts_match_torchvision(depth, expected):
 
 @pytest.mark.parametrize("size", [32, 33, 64])
 def test_output_shapes_and_symmetric_padding(size):
-  model = ResNetEncoder(depth=10)
+  model = ResNetEncoder(depth=10, fold_frozen_bn=False)  # unfolded: conv1's output is captured on its own
   x = jnp.zeros((2, size, size, 3))
   variables = model.init(jax.random.key(0), x)
   z = model.apply(variables, x)
@@ -35,7 +35,7 @@ def test_output_shapes_and_symmetric_padding(size):
 
 def test_symmetric_padding_is_translation_consistent():
   """With explicit (1, 1) padding, a centred impulse gives a centred response; 'SAME' would shift it."""
-  model = ResNetEncoder(depth=10)
+  model = ResNetEncoder(depth=10, fold_frozen_bn=False)
   x = jnp.zeros((1, 32, 32, 3)).at[0, 15:17, 15:17, :].set(1.0)
   variables = model.init(jax.random.key(1), x)
   _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
@@ -60,6 +60,73 @@ def test_frozen_batchnorm_ignores_batch_statistics():
   np.testing.assert_allclose(z_single, z_train[:1], rtol=1e-5, atol=1e-6)
   # Scale and bias are trainable parameters; running statistics are not.
   assert "scale" in variables["params"]["encoder"]["bn1"] and "mean" in variables["batch_stats"]["encoder"]["bn1"]
+
+
+def _perturbed_statistics(variables, seed=0):
+  """The variables with random batch-norm scale, bias, mean and var (the initial ones make norm the identity)."""
+  rng = np.random.default_rng(seed)
+
+  def perturb(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), jnp.float32)
+    if name in ("bias", "mean"):
+      return jnp.asarray(rng.normal(0.0, 0.5, leaf.shape), jnp.float32)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(perturb, variables)
+
+
+def _assert_close_to_scale(actual, desired, tol):
+  """|actual - desired| <= tol * max|desired| everywhere (float32 sums in another order differ that much)."""
+  actual, desired = np.asarray(actual), np.asarray(desired)
+  assert actual.shape == desired.shape
+  scale = float(np.abs(desired).max())
+  assert scale > 0 and float(np.abs(actual - desired).max()) <= tol * scale
+
+
+@pytest.mark.parametrize("depth", [10, 50])
+def test_folded_frozen_batchnorm_is_the_same_function(depth):
+  """conv(x, W * m) + t equals BN(conv(x, W)): same variables (names, shapes, initial values), outputs, gradients."""
+  folded = Classifier(num_classes=13, depth=depth, head="linear", fold_frozen_bn=True)
+  plain = Classifier(num_classes=13, depth=depth, head="linear", fold_frozen_bn=False)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  init_folded = folded.init(jax.random.key(1), x)
+  init_plain = plain.init(jax.random.key(1), x)
+  assert jax.tree.structure(init_folded) == jax.tree.structure(init_plain)
+  jax.tree.map(np.testing.assert_array_equal, init_folded, init_plain)
+  variables = _perturbed_statistics(init_plain)
+
+  def loss(params, model):
+    z, logits = model.apply({**variables, "params": params}, x, train=True)
+    return jnp.sum(logits**2) + jnp.sum(z), z
+
+  (l_folded, z_folded), g_folded = jax.value_and_grad(loss, has_aux=True)(variables["params"], folded)
+  (l_plain, z_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(variables["params"], plain)
+  _assert_close_to_scale(z_folded, z_plain, 1e-5)
+  _assert_close_to_scale(l_folded, l_plain, 1e-5)
+  flat_f, flat_p = jax.tree.leaves(g_folded), jax.tree.leaves(g_plain)
+  assert len(flat_f) == len(flat_p)
+  for a, b in zip(flat_f, flat_p):
+    _assert_close_to_scale(a, b, 1e-4)
+  # The statistics matter (so the comparison above is not between two identity maps).
+  z_init, _ = folded.apply(init_folded, x)
+  assert not np.allclose(z_init, z_folded, atol=1e-3)
+
+
+def test_max_pool_slices_is_the_same_function():
+  x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))  # odd and even sides
+  window = ResNetEncoder(depth=10, max_pool="window")
+  slices = ResNetEncoder(depth=10, max_pool="slices")
+  variables = _perturbed_statistics(window.init(jax.random.key(1), x))
+
+  def loss(v, model):
+    return jnp.sum(jnp.sin(model.apply(v, x)))
+
+  np.testing.assert_allclose(slices.apply(variables, x), window.apply(variables, x), rtol=1e-6, atol=1e-6)
+  g_window = jax.grad(loss)(variables, window)["params"]
+  g_slices = jax.grad(loss)(variables, slices)["params"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_slices, g_window)
 
 
 def test_train_mode_batchnorm_updates_running_statistics():
@@ -106,5 +173,7 @@ def test_bad_settings_name_the_field():
     ResNetEncoder(depth=11).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="model.bn_mode"):
     ResNetEncoder(depth=10, bn_mode="bogus").init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="model.max_pool='avg'"):
+    ResNetEncoder(depth=10, max_pool="avg").init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="model.head"):
     Classifier(num_classes=2, depth=10, head="conv").init(jax.random.key(0), x)

@@ -34,7 +34,8 @@ def format_table(result: dict[str, Any]) -> str:
     note = row.get("note", "")
     if row.get("status") == "skipped":
       note = f"skipped: {row.get('reason', '')}"
-    lines.append(f"| {row['section']} | {row['name']} | {_fmt(row.get('batch'), 'd')} | "
+    name = f"{row['name']} [{row['model_variant']}]" if row.get("model_variant") else row["name"]
+    lines.append(f"| {row['section']} | {name} | {_fmt(row.get('batch'), 'd')} | "
                  f"{_fmt(row.get('devices'), 'd')} | {_fmt(row.get('images_per_s'), '.1f')} | "
                  f"{_fmt(row.get('step_ms'), '.2f')} | {_fmt(row.get('compile_s'), '.1f')} | {ratio} | "
                  f"{note.splitlines()[0][:160] if note else ''} |")

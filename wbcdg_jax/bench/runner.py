@@ -51,17 +51,27 @@ def environment() -> dict[str, Any]:
 
 
 def _torch_child(spec: dict[str, Any], timeout_s: int) -> list[dict[str, Any]]:
-  """Runs one PyTorch variant over its batches in a child process; failures come back as skipped rows."""
+  """Runs one PyTorch variant over its batches in a child process; the batches it did not report (a crash, the
+  time limit) come back as skipped rows with the reason."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
   cmd = [sys.executable, "-m", "wbcdg_jax.bench.torch_reference", json.dumps(spec)]
   try:
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-    if out.returncode == 0:
-      return json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    stdout = out.stdout
     reason = f"child exited with {out.returncode}: {out.stderr.strip()[-1500:]}"
-  except subprocess.TimeoutExpired:
+  except subprocess.TimeoutExpired as e:
+    stdout = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
     reason = f"child ran past --torch_timeout_s={timeout_s}"
-  return [{"variant": spec["variant"], "batch": b, "status": "skipped", "reason": reason} for b in spec["batches"]]
+  return rows_from_child(stdout, spec, reason)
+
+
+def rows_from_child(stdout: str, spec: dict[str, Any], reason: str) -> list[dict[str, Any]]:
+  """The rows a PyTorch child printed, then a skipped row (with `reason`) for each batch it did not report."""
+  rows = [json.loads(line)["row"] for line in stdout.splitlines() if line.startswith('{"row"')]
+  reported = {r["batch"] for r in rows}
+  rows += [{"variant": spec["variant"], "batch": b, "status": "skipped", "reason": reason}
+           for b in spec["batches"] if b not in reported]
+  return rows
 
 
 def torch_rows(settings: Settings, config) -> dict[str, Any]:
@@ -112,17 +122,22 @@ def compare_with_torch(torch_section: dict[str, Any], jax_rows: list[dict[str, A
 # ---------------------------------------------------------------------------------------------------- sections
 
 
-def scaling_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict[str, Any]]:
-  """settings.scaling_algorithm at a fixed per-device batch on 1, 2, 4, ... and all devices."""
+def _scaling_keys(settings: Settings) -> tuple[list[tuple], int]:
+  """The scaling rows' step keys (fixed per-device batch on 1, 2, 4, ... and all devices) and that batch."""
   total = jax.device_count()
-  if jax.process_count() > 1:
-    return [{"name": settings.scaling_algorithm, "status": "skipped", "reason": "multi-process run"}]
   per_device = settings.scaling_per_device_batch or settings.batch // total
   if per_device < 1:
     raise ValueError(f"--batch={settings.batch} is smaller than the {total} devices; set "
                      f"--scaling_per_device_batch")
   counts = sorted({2**i for i in range(total.bit_length()) if 2**i < total} | {total})
-  keys = [(settings.scaling_algorithm, per_device * n, n) for n in counts]
+  return [StepCache.key(settings.scaling_algorithm, per_device * n, n) for n in counts], per_device
+
+
+def scaling_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict[str, Any]]:
+  """settings.scaling_algorithm at a fixed per-device batch on 1, 2, 4, ... and all devices."""
+  if jax.process_count() > 1:
+    return [{"name": settings.scaling_algorithm, "status": "skipped", "reason": "multi-process run"}]
+  keys, per_device = _scaling_keys(settings)
   todo = [k for k in keys if k not in known]
   measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
   rows = [dict(known[k]) if k in known else measured[k] for k in keys]
@@ -134,8 +149,66 @@ def scaling_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict
   return rows
 
 
-def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
-  """Runs settings.sections and returns {'meta', 'settings', 'sections': {name: {'rows': [...]}}, 'targets'}."""
+def variant_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict[str, Any]]:
+  """settings.variant_algorithm with the default model and with each variant, at each of torch_batches."""
+  rows = []
+  for batch in settings.torch_batches:
+    base_key = StepCache.key(settings.variant_algorithm, batch)
+    keys = [base_key] + [StepCache.key(settings.variant_algorithm, batch, None, v) for v in settings.variants]
+    todo = [k for k in keys if k not in known]
+    measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
+    group = [dict(known[k]) if k in known else measured[k] for k in keys]
+    model = algorithm_config(settings.variant_algorithm, settings, batch).model
+    for row in group:
+      row["ratio"], row["ratio_to"] = row["images_per_s"] / group[0]["images_per_s"], "default model"
+      default = f"default: fold_frozen_bn={model.fold_frozen_bn}, max_pool={model.max_pool}"
+      row["note"] = row["model_variant"] or default
+    rows += group
+  return rows
+
+
+def _needed_steps(settings: Settings) -> list[tuple]:
+  """Every step the chosen sections time, so that they compile together (settings.compile_threads at once)."""
+  keys = []
+  if "steps" in settings.sections:
+    keys += [StepCache.key(name, settings.batch) for name in settings.algorithms]
+  if "torch" in settings.sections:
+    keys += [StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")]
+  if "variants" in settings.sections and settings.variants:
+    keys += [StepCache.key(settings.variant_algorithm, b, None, v) for b in settings.torch_batches
+             for v in ("", *settings.variants)]
+  if "refresh" in settings.sections:
+    keys.append(StepCache.key(settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda",
+                              settings.batch))
+  if "pipeline" in settings.sections:
+    keys += [StepCache.key(settings.loop_algorithm, b) for b in sorted({settings.batch, *settings.torch_batches})]
+  if "scaling" in settings.sections and jax.process_count() == 1:
+    keys += _scaling_keys(settings)[0]
+  if settings.profile_dir:
+    keys.append(StepCache.key(settings.profile_algorithm, settings.batch))
+  return keys
+
+
+def _log_rows(log: Callable[[str], None], section: str, rows: list[dict[str, Any]]) -> None:
+  for row in rows:
+    if row.get("status") == "skipped":
+      log(f"  {section}: {row['name']} @ {row.get('batch')}: skipped ({row.get('reason', '')[:200]})")
+    else:
+      variant = f" [{row['model_variant']}]" if row.get("model_variant") else ""
+      log(f"  {section}: {row['name']}{variant} @ {row.get('batch')}: {row['images_per_s']:.1f} img/s, "
+          f"{row['step_ms']:.2f} ms")
+
+
+def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
+                  on_section: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+  """Runs settings.sections and returns {'meta', 'settings', 'sections': {name: {'rows': [...]}}, 'targets'}.
+
+  Args:
+    settings: what to measure.
+    log: progress lines (each measured row is logged as its section ends).
+    on_section: called with the partial result after each section (e.g. to save it, so that a run stopped by a
+      time limit keeps what it measured).
+  """
   settings.validate()
   if settings.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", settings.compilation_cache_dir)
@@ -144,36 +217,54 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr) -> d
   sections = result["sections"]
   cache = StepCache(settings, log)
 
+  def done(name: str) -> None:
+    _log_rows(log, name, sections[name].get("rows", []))
+    if on_section is not None:
+      result["targets"] = report.targets(result)
+      on_section(result)
+
   if "torch" in settings.sections:  # first: before JAX takes the accelerator's memory
     log("PyTorch reference (child processes)")
     sections["torch"] = torch_rows(settings, algorithm_config("erm", settings, settings.torch_batches[0]))
+    _log_rows(log, "torch", sections["torch"]["rows"])
   result["meta"] = environment()
   log(f"devices: {result['meta']['device_count']} x {result['meta']['device_kind']}")
+  t0 = time.perf_counter()
+  cache.prebuild(_needed_steps(settings))
+  result["meta"]["compile_all_s"] = time.perf_counter() - t0
+  log(f"compiled every step in {result['meta']['compile_all_s']:.1f} s ({settings.compile_threads} at a time)")
 
-  known: dict[tuple[str, int, int], dict[str, Any]] = {}  # rows already measured, by (algorithm, batch, devices)
+  known: dict[tuple, dict[str, Any]] = {}  # rows already measured, by StepCache key
   if "steps" in settings.sections:
     rows = time_steps([cache.get(name, settings.batch) for name in settings.algorithms], settings)
     erm = next((r for r in rows if r["name"] == "erm"), None)
     for row in rows:
-      known[(row["name"], row["batch"], row["devices"])] = row
+      known[StepCache.key(row["name"], row["batch"], row["devices"])] = row
       if erm is not None:
         # Each round times every step back to back: the median of per-round ratios discounts load that changes
         # between rounds (a shared CPU); on a quiet device it equals the ratio of the medians.
         row["ratio"] = statistics.median(e / w for e, w in zip(erm["window_step_ms"], row["window_step_ms"]))
         row["ratio_to"] = "ERM"
     sections["steps"] = {"rows": rows}
+    done("steps")
 
   if "torch" in settings.sections:
     jax_rows = []
     for batch in settings.torch_batches:
-      keys = [(name, batch, jax.device_count()) for name in ("erm", "boda")]
+      keys = [StepCache.key(name, batch) for name in ("erm", "boda")]
       todo = [k for k in keys if k not in known]
       measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
       for key in keys:
-        row = dict(known[key]) if key in known else measured[key]
+        known.setdefault(key, measured.get(key))
+        row = dict(known[key])
         row.pop("ratio", None)
         jax_rows.append(row)
     compare_with_torch(sections["torch"], jax_rows)
+    done("torch")
+
+  if "variants" in settings.sections and settings.variants:
+    sections["variants"] = {"rows": variant_rows(cache, settings, known)}
+    done("variants")
 
   if settings.profile_dir:
     built = cache.get(settings.profile_algorithm, settings.batch)
@@ -190,15 +281,18 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr) -> d
         name = settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda"
         built = cache.get(name, settings.batch)
         sections["refresh"] = {"rows": inputs.time_refresh(built, inputs.experiment_data(built, data_dir), settings)}
+        done("refresh")
       if "pipeline" in settings.sections:
         rows = []
         for batch in sorted({settings.batch, *settings.torch_batches}):
           built = cache.get(settings.loop_algorithm, batch)
           rows += inputs.time_pipeline(built, inputs.experiment_data(built, data_dir), settings)
         sections["pipeline"] = {"rows": rows}
+        done("pipeline")
 
   if "scaling" in settings.sections:
     sections["scaling"] = {"rows": scaling_rows(cache, settings, known)}
+    done("scaling")
 
   result["sections"] = {k: sections[k] for k in SECTIONS if k in sections}  # table order
   result["targets"] = report.targets(result)

@@ -1,7 +1,8 @@
 """What one benchmark run measures: a preset (gpu, cpu, smoke) with any field overridden.
 
 * `gpu`:   the paper's shapes: ResNet-50, 224 px (stored 256 px), bfloat16 compute, every algorithm at total batch
-           64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256.
+           64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256, and ERM with
+           the model's other implementations of the same function (batch norm not folded, slice max pool).
 * `cpu`:   the `quick` preset's model (ResNet-10, 64 px, float32) at total batch 32; PyTorch eager only.
 * `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
            every section runs; its numbers mean nothing.
@@ -23,7 +24,7 @@ ALGORITHMS: dict[str, tuple[str, int]] = {
     "boda_mahalanobis": ("boda_mahalanobis", 1),
     "decoupled_stage2": ("boda_decoupled", 2),
 }
-SECTIONS = ("steps", "torch", "refresh", "pipeline", "scaling")
+SECTIONS = ("steps", "torch", "variants", "refresh", "pipeline", "scaling")
 
 
 @dataclasses.dataclass
@@ -48,6 +49,11 @@ class Settings:
     torch_timeout_s: limit on each PyTorch child process.
     scaling_algorithm: the algorithm timed over 1, 2, 4, ... devices; scaling_per_device_batch: its per-device
       batch (0: batch / device count, so the all-device row is the algorithm table's setting).
+    variants: model implementations timed against the default one: each is `field=value` (several joined by
+      '+') overriding configs/base.py's `model` fields, e.g. 'fold_frozen_bn=false' or 'max_pool=slices'.
+    variant_algorithm: the algorithm the variants are timed with, at each of torch_batches.
+    compile_threads: steps compiled at once (XLA compiles release Python's lock; one step per distinct batch is
+      compiled first, alone, so the others reuse its convolution autotuning).
     loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
     data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
     synthetic_scale: fraction of the real dataset sizes generated.
@@ -78,6 +84,9 @@ class Settings:
   torch_timeout_s: int = 600
   scaling_algorithm: str = "boda"
   scaling_per_device_batch: int = 0
+  variants: tuple[str, ...] = ()
+  variant_algorithm: str = "erm"
+  compile_threads: int = 1
   loop_algorithm: str = "boda"
   data_dir: str = ""
   synthetic_scale: float = 0.02
@@ -94,7 +103,7 @@ class Settings:
     unknown = [a for a in self.algorithms if a not in ALGORITHMS]
     if unknown:
       raise ValueError(f"--algorithms: unknown {unknown}; choose from {sorted(ALGORITHMS)} or 'all'")
-    for name in ("loop_algorithm", "scaling_algorithm", "profile_algorithm"):
+    for name in ("loop_algorithm", "scaling_algorithm", "profile_algorithm", "variant_algorithm"):
       if getattr(self, name) not in ALGORITHMS:
         raise ValueError(f"--{name}={getattr(self, name)!r} is not one of {sorted(ALGORITHMS)}")
     unknown = [s for s in self.sections if s not in SECTIONS]
@@ -105,7 +114,9 @@ class Settings:
     for name in ("torch", "torch_compile"):
       if getattr(self, name) not in ("auto", "on", "off"):
         raise ValueError(f"--{name}={getattr(self, name)!r} is not 'auto', 'on' or 'off'")
-    for name in ("steps", "repeats", "pipeline_steps", "batch"):
+    for variant in self.variants:
+      parse_variant(variant)
+    for name in ("steps", "repeats", "pipeline_steps", "batch", "compile_threads"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
     if self.stored_size < self.image_size:
@@ -117,13 +128,47 @@ class Settings:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
-                torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420),
+                torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
+                variants=("fold_frozen_bn=false", "max_pool=slices"), compile_threads=4),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
-                torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6),
+                torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
+                variants=("fold_frozen_bn=false", "max_pool=slices")),
     "smoke": dict(config_preset="tiny", image_size=32, stored_size=32, depth=10, dtype="float32", batch=8,
                   torch_batches=(8,), warmup=1, steps=2, repeats=1, pipeline_steps=2, synthetic_scale=0.004,
-                  torch_compile="off", fast_compile=True),
+                  torch_compile="off", fast_compile=True, variants=("fold_frozen_bn=false+max_pool=slices",),
+                  compile_threads=2),
 }
+
+
+def _model_fields() -> dict[str, Any]:
+  from configs import base  # local import: configs/ sits beside the package, on the path of every launcher
+  return base.get_config().model.to_dict()
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+  """'field=value[+field=value]' -> {model field: typed value}; a bad variant raises ValueError naming it."""
+  fields = _model_fields()
+  out: dict[str, Any] = {}
+  for part in text.split("+"):
+    name, sep, raw = part.partition("=")
+    name, raw = name.strip(), raw.strip()
+    if not sep or not name:
+      raise ValueError(f"--variants: {text!r}: expected field=value (several joined by '+'), got {part!r}")
+    if name not in fields:
+      raise ValueError(f"--variants: {text!r}: model.{name} is not a field of configs/base.py's model "
+                       f"({sorted(fields)})")
+    default = fields[name]
+    try:
+      if isinstance(default, bool):
+        if raw.lower() not in ("true", "false"):
+          raise ValueError(raw)
+        value: Any = raw.lower() == "true"
+      else:
+        value = type(default)(raw)
+    except ValueError:
+      raise ValueError(f"--variants: {text!r}: model.{name}={raw!r} is not a {type(default).__name__}") from None
+    out[name] = value
+  return out
 
 
 def make_settings(preset: str, **overrides: Any) -> Settings:

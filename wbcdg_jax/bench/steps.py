@@ -8,12 +8,13 @@ call, `warmup` calls, and `repeats` windows of `steps` calls each closed by `jax
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import statistics
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +22,14 @@ import ml_collections
 import numpy as np
 
 from wbcdg_jax import checkpoint, sharding
-from wbcdg_jax.bench.settings import ALGORITHMS, Settings
+from wbcdg_jax.bench.settings import ALGORITHMS, Settings, parse_variant
 from wbcdg_jax.classes import NUM_CLASSES
 from wbcdg_jax.models import Classifier
 from wbcdg_jax.stage import Stage, build_stage, init_variables
 
 
-def algorithm_config(name: str, settings: Settings, total_batch: int) -> ml_collections.ConfigDict:
-  """configs/<module>.py at settings.config_preset, with the benchmark's shapes."""
+def algorithm_config(name: str, settings: Settings, total_batch: int, variant: str = "") -> ml_collections.ConfigDict:
+  """configs/<module>.py at settings.config_preset, with the benchmark's shapes (and a model variant's fields)."""
   module, _ = ALGORITHMS[name]
   config = importlib.import_module(f"configs.{module}").get_config(settings.config_preset)
   num_domains = len(config.data.sources)
@@ -46,6 +47,8 @@ def algorithm_config(name: str, settings: Settings, total_batch: int) -> ml_coll
   config.data.target = ""  # no unseen domain is read
   # Active from the first step, with seeded statistics, so the timed step is the step BoDA trains with.
   config.boda.start_step = 0
+  if variant:
+    config.model.update(parse_variant(variant))
   return config
 
 
@@ -88,6 +91,7 @@ class BuiltStep:
   """One algorithm's compiled step with its (latest, donated-forward) state and device batch."""
 
   name: str
+  variant: str
   config: ml_collections.ConfigDict
   stage: Stage
   mesh: jax.sharding.Mesh
@@ -111,19 +115,21 @@ class BuiltStep:
     return metrics
 
 
-def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: int) -> BuiltStep:
-  """Builds and compiles `name`'s step at this total batch on the first `num_devices` devices."""
-  config = algorithm_config(name, settings, total_batch)
+def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: int, variant: str = "") -> BuiltStep:
+  """Builds and compiles `name`'s step at this total batch on the first `num_devices` devices.
+
+  Random initial weights on purpose: callers silence the 'config.init.checkpoint is empty' warning (StepCache
+  does), since changing warning filters is not thread-safe.
+  """
+  config = algorithm_config(name, settings, total_batch, variant)
   _, stage_index = ALGORITHMS[name]
   mesh = mesh_of(num_devices)
   counts = synthetic_counts(len(config.data.sources), settings.seed)
-  with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="config.init.checkpoint is empty")  # random weights on purpose
-    variables = None
-    if stage_index == 2:  # stage 2 starts from a stage-1 encoder; random weights time the same
-      model = checkpoint.model_from_config(config, Classifier)
-      variables = init_variables(model, config, jax.random.key(settings.seed))
-    st = build_stage(config, mesh=mesh, counts=counts, stage=stage_index, variables=variables)
+  variables = None
+  if stage_index == 2:  # stage 2 starts from a stage-1 encoder; random weights time the same
+    model = checkpoint.model_from_config(config, Classifier)
+    variables = init_variables(model, config, jax.random.key(settings.seed))
+  st = build_stage(config, mesh=mesh, counts=counts, stage=stage_index, variables=variables)
   state = st.state
   if state.boda is not None:
     # Centroids as after a refresh, so the BoDA term is computed (it is skipped until statistics exist).
@@ -135,7 +141,7 @@ def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: 
   t0 = time.perf_counter()
   compiled = st.train_step.lower(state, batch).compile(compiler_options(settings))
   compile_s = time.perf_counter() - t0
-  return BuiltStep(name=name, config=config, stage=st, mesh=mesh, step=compiled, state=state, batch=batch,
+  return BuiltStep(name=name, variant=variant, config=config, stage=st, mesh=mesh, step=compiled, state=state, batch=batch,
                    total_batch=total_batch, compile_s=compile_s)
 
 
@@ -195,7 +201,7 @@ def time_steps(builts: list[BuiltStep], settings: Settings, *, steps: int | None
   rows = []
   for built, first_s, metrics, win in zip(builts, first, jax.device_get(last), windows):
     step_s = statistics.median(win)
-    rows.append({"name": built.name, "batch": built.total_batch, "devices": built.num_devices,
+    rows.append({"name": built.name, "model_variant": built.variant, "batch": built.total_batch, "devices": built.num_devices,
                  "images_per_s": built.total_batch / step_s, "step_ms": 1e3 * step_s,
                  "best_step_ms": 1e3 * min(win), "compile_s": built.compile_s, "first_call_s": first_s,
                  "window_step_ms": [1e3 * w for w in win], "loss": float(metrics["total"]),
@@ -208,17 +214,53 @@ def time_step(built: BuiltStep, settings: Settings, *, steps: int | None = None,
   return time_steps([built], settings, steps=steps, batches=batches)[0]
 
 
+StepKey = tuple[str, int, int, str]  # (algorithm, total batch, devices, model variant)
+
+
 class StepCache:
-  """Builds each (algorithm, total batch, devices) step once per run; sections share them."""
+  """Builds each (algorithm, total batch, devices, variant) step once per run; sections share them."""
 
   def __init__(self, settings: Settings, log: Callable[[str], None] = print):
     self.settings = settings
     self.log = log
-    self._built: dict[tuple[str, int, int], BuiltStep] = {}
+    self._built: dict[StepKey, BuiltStep] = {}
 
-  def get(self, name: str, total_batch: int, num_devices: int | None = None) -> BuiltStep:
-    key = (name, int(total_batch), int(num_devices or jax.device_count()))
-    if key not in self._built:
-      self.log(f"compiling {name} at total batch {key[1]} on {key[2]} device(s)")
-      self._built[key] = build_step(name, self.settings, total_batch=key[1], num_devices=key[2])
+  @staticmethod
+  def key(name: str, total_batch: int, num_devices: int | None = None, variant: str = "") -> StepKey:
+    return (name, int(total_batch), int(num_devices or jax.device_count()), variant)
+
+  def _build(self, key: StepKey) -> BuiltStep:
+    name, batch, devices, variant = key
+    self.log(f"compiling {name}{f' [{variant}]' if variant else ''} at total batch {batch} on {devices} device(s)")
+    built = build_step(name, self.settings, total_batch=batch, num_devices=devices, variant=variant)
+    self.log(f"  compiled {name}{f' [{variant}]' if variant else ''} at {batch} in {built.compile_s:.1f} s")
+    return built
+
+  def prebuild(self, keys: Iterable[StepKey]) -> None:
+    """Compiles the missing steps, settings.compile_threads at a time.
+
+    The first step of each distinct total batch is compiled alone first: the others then find its convolutions
+    in XLA's in-process autotuning cache instead of timing candidate kernels on a busy device.
+    """
+    todo = list(dict.fromkeys(k for k in keys if k not in self._built))
+    if not todo:
+      return
+    seeds = list({k[1]: k for k in reversed(todo)}.values())
+    rest = [k for k in todo if k not in seeds]
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="config.init.checkpoint is empty")  # random weights on purpose
+      threads = max(1, int(self.settings.compile_threads))
+      if threads == 1:
+        for key in todo:
+          self._built[key] = self._build(key)
+        return
+      for key in seeds:
+        self._built[key] = self._build(key)
+      with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for key, built in zip(rest, pool.map(self._build, rest)):
+          self._built[key] = built
+
+  def get(self, name: str, total_batch: int, num_devices: int | None = None, variant: str = "") -> BuiltStep:
+    key = self.key(name, total_batch, num_devices, variant)
+    self.prebuild([key])
     return self._built[key]

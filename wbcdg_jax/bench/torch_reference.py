@@ -1,7 +1,8 @@
 """The PyTorch reference train step: the same ResNet, head, loss and optimizer as the JAX ERM step.
 
 Run as a child process by the benchmark (`python -m wbcdg_jax.bench.torch_reference '<json spec>'`, one JSON line
-out), so that PyTorch's CUDA libraries and memory pool never meet JAX's in one process, and a crash inside
+`{"row": ...}` per batch as soon as it is measured, so that a child stopped by its time limit keeps its rows), so
+that PyTorch's CUDA libraries and memory pool never meet JAX's in one process, and a crash inside
 torch.compile costs one section, not the run. It imports no JAX.
 
 The step: random images already on the device (float, ImageNet-normalised scale, no augmentation), forward,
@@ -113,9 +114,8 @@ def time_step(*, depth: int, image_size: int, batch: int, dtype: str, compile_mo
           "channels_last": cuda, "autocast_bf16": autocast, "batch": batch}
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-  """One variant ('eager' or 'compile') over spec['batches']; a failing batch is reported, not raised."""
-  rows = []
+def run(spec: dict[str, Any]):
+  """One variant ('eager' or 'compile') over spec['batches']; yields a row per batch (a failure is a row)."""
   for batch in spec["batches"]:
     try:
       row = time_step(depth=spec["depth"], image_size=spec["image_size"], batch=batch, dtype=spec["dtype"],
@@ -126,9 +126,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:  # pylint: disable=broad-except  # e.g. torch.compile failing: report and go on
       row = {"variant": spec["variant"], "batch": batch, "status": "skipped",
              "reason": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc()[-4000:]}
-    rows.append(row)
-  return {"rows": rows}
+    yield row
 
 
 if __name__ == "__main__":
-  print(json.dumps(run(json.loads(sys.argv[1]))))
+  for measured in run(json.loads(sys.argv[1])):
+    print(json.dumps({"row": measured}), flush=True)

@@ -55,9 +55,12 @@ class Classifier(nn.Module):
   head: str = "mlp"
   mlp_width: int = 512
   dropout: float = 0.0
+  fold_frozen_bn: bool = True
+  max_pool: str = "window"
 
   def setup(self):
-    self.encoder = ResNetEncoder(depth=self.depth, bn_mode=self.bn_mode, dtype=self.dtype)
+    self.encoder = ResNetEncoder(depth=self.depth, bn_mode=self.bn_mode, dtype=self.dtype,
+                                 fold_frozen_bn=self.fold_frozen_bn, max_pool=self.max_pool)
     self.classifier_head = Head(self.num_classes, kind=self.head, mlp_width=self.mlp_width, dropout=self.dropout,
                                 name="head")
 

@@ -13,14 +13,25 @@ feature map by a pixel relative to PyTorch and breaks converted weights.
 Batch norm has two modes. 'frozen' (the method's setting, DomainBed style) always normalises with the stored
 running statistics, which never change, while scale and bias stay trainable. 'train' uses batch statistics in
 training and updates the running averages (the `batch_stats` collection must then be mutable).
+
+Frozen batch norm is a per-channel affine map y * m + t, so by default (`fold_frozen_bn`) it is folded into the
+convolution before it: conv(x, W * m) + t. The function, the variables (names, shapes, initial values) and the
+gradients are the same; the activations are read and written once less per layer in each direction, and the
+conv + bias (+ residual) + ReLU chain is one that GPU convolution libraries fuse.
+
+The stem's 3x3 stride-2 max pool is `lax.reduce_window` ('window', Flax's `max_pool`), whose gradient is a
+select-and-scatter, or ('slices') the maximum of its nine strided slices, whose gradient is elementwise selects
+that XLA fuses; both give the same outputs and, without ties inside a window, the same gradients.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
+import dataclasses
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # Blocks per stage for each supported depth, and whether the depth uses bottleneck blocks.
@@ -33,6 +44,7 @@ STAGE_SIZES: dict[int, tuple[Sequence[int], bool]] = {
     152: ((3, 8, 36, 3), True),
 }
 BN_MODES = ("frozen", "train")
+MAX_POOLS = ("window", "slices")
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', nonlinearity='relu').
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -44,32 +56,99 @@ def feature_dim(depth: int, width: int = 64) -> int:
   return width * 8 * (4 if bottleneck else 1)
 
 
+class _ConvKernel(nn.Module):
+  """The float32 kernel [kh, kw, in, out] of a bias-free convolution, named and initialised as nn.Conv's."""
+
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", _conv_init, self.shape, jnp.float32)
+
+
+class _FrozenNormAffine(nn.Module):
+  """Frozen batch norm as its affine map: (multiplier [C], shift [C]) float32, norm(y) = y * multiplier + shift.
+
+  The variables are nn.BatchNorm's: params 'scale' and 'bias', batch_stats 'mean' and 'var'.
+  """
+
+  features: int
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self):
+    shape = (self.features,)
+    scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
+    mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, jnp.float32)).value
+    var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, jnp.float32)).value
+    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+    return multiplier, bias - mean * multiplier
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvNorm:
+  """conv (no bias) -> batch norm of one layer; creates the two submodules `conv_name`, `bn_name` in the calling
+  module, folded into one convolution with a bias when `fold` (frozen statistics only)."""
+
+  dtype: Any
+  fold: bool
+  use_running_average: bool
+
+  def __call__(self, x, features: int, kernel: int, *, conv_name: str, bn_name: str, strides: int = 1,
+               padding: int = 0):
+    pads = ((padding, padding), (padding, padding))
+    if not self.fold:
+      y = nn.Conv(features, (kernel, kernel), strides=strides, padding=pads, use_bias=False, dtype=self.dtype,
+                  param_dtype=jnp.float32, kernel_init=_conv_init, name=conv_name)(x)
+      # torchvision: eps 1e-5, momentum 0.1 on the new value == Flax momentum 0.9 on the old value.
+      return nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9, epsilon=1e-5,
+                          dtype=self.dtype, param_dtype=jnp.float32, name=bn_name)(y)
+    w = _ConvKernel((kernel, kernel, x.shape[-1], features), name=conv_name)()
+    multiplier, shift = _FrozenNormAffine(features, name=bn_name)()
+    y = jax.lax.conv_general_dilated(jnp.asarray(x, self.dtype), (w * multiplier).astype(self.dtype),
+                                     (strides, strides), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + shift.astype(self.dtype)
+
+
+def _max_pool_3x3_s2(x, impl: str):
+  """Max pool, window 3, stride 2, padding 1 (-inf) over H and W of [B, H, W, C]."""
+  pads = ((1, 1), (1, 1))
+  if impl == "window":
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+  b, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  out = None
+  for i in range(3):
+    for j in range(3):
+      part = jax.lax.slice(xp, (0, i, j, 0), (b, i + 2 * ho - 1, j + 2 * wo - 1, c), (1, 2, 2, 1))
+      out = part if out is None else jnp.maximum(out, part)
+  return out
+
+
 class _Block(nn.Module):
   """One residual block; `bottleneck` selects the 1x1-3x3-1x1 (x4) form, otherwise 3x3-3x3."""
 
   features: int
   strides: int
   bottleneck: bool
-  norm: Any
-  conv: Any
+  conv_norm: _ConvNorm
 
   @nn.compact
   def __call__(self, x):
-    out_features = self.features * (4 if self.bottleneck else 1)
+    cn, f = self.conv_norm, self.features
+    out_features = f * (4 if self.bottleneck else 1)
     if self.bottleneck:
-      y = nn.relu(self.norm(name="bn1")(self.conv(self.features, (1, 1), name="conv1")(x)))
-      y = self.conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv2")(y)
-      y = nn.relu(self.norm(name="bn2")(y))
-      y = self.norm(name="bn3")(self.conv(out_features, (1, 1), name="conv3")(y))
+      y = nn.relu(cn(x, f, 1, conv_name="conv1", bn_name="bn1"))
+      y = nn.relu(cn(y, f, 3, strides=self.strides, padding=1, conv_name="conv2", bn_name="bn2"))
+      y = cn(y, out_features, 1, conv_name="conv3", bn_name="bn3")
     else:
-      y = self.conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv1")(x)
-      y = nn.relu(self.norm(name="bn1")(y))
-      y = self.conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-      y = self.norm(name="bn2")(y)
+      y = nn.relu(cn(x, f, 3, strides=self.strides, padding=1, conv_name="conv1", bn_name="bn1"))
+      y = cn(y, f, 3, padding=1, conv_name="conv2", bn_name="bn2")
     shortcut = x
     if self.strides != 1 or x.shape[-1] != out_features:
-      shortcut = self.conv(out_features, (1, 1), strides=self.strides, name="downsample_conv")(x)
-      shortcut = self.norm(name="downsample_bn")(shortcut)
+      shortcut = cn(x, out_features, 1, strides=self.strides, conv_name="downsample_conv", bn_name="downsample_bn")
     return nn.relu(y + shortcut)
 
 
@@ -81,12 +160,16 @@ class ResNetEncoder(nn.Module):
     bn_mode: 'frozen' (running statistics fixed, scale/bias trained) or 'train'.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters are always float32.
     width: channels of the first stage (64 in torchvision).
+    fold_frozen_bn: with bn_mode 'frozen', apply each batch norm folded into its convolution (same function).
+    max_pool: the stem's max pool, 'window' or 'slices' (same function).
   """
 
   depth: int = 50
   bn_mode: str = "frozen"
   dtype: Any = jnp.float32
   width: int = 64
+  fold_frozen_bn: bool = True
+  max_pool: str = "window"
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -95,20 +178,17 @@ class ResNetEncoder(nn.Module):
       raise ValueError(f"model.depth={self.depth} is not supported; choose one of {sorted(STAGE_SIZES)}")
     if self.bn_mode not in BN_MODES:
       raise ValueError(f"model.bn_mode={self.bn_mode!r} is not one of {BN_MODES}")
+    if self.max_pool not in MAX_POOLS:
+      raise ValueError(f"model.max_pool={self.max_pool!r} is not one of {MAX_POOLS}")
     stage_sizes, bottleneck = STAGE_SIZES[self.depth]
-    use_running_average = self.bn_mode == "frozen" or not train
-    # torchvision: eps 1e-5, momentum 0.1 on the new value == Flax momentum 0.9 on the old value.
-    norm = functools.partial(nn.BatchNorm, use_running_average=use_running_average, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=_conv_init, padding=((0, 0), (0, 0)))
+    frozen = self.bn_mode == "frozen"
+    cn = _ConvNorm(dtype=self.dtype, fold=frozen and self.fold_frozen_bn, use_running_average=frozen or not train)
     x = jnp.asarray(images, self.dtype)
-    x = conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(x)
-    x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = nn.relu(cn(x, self.width, 7, strides=2, padding=3, conv_name="conv1", bn_name="bn1"))
+    x = _max_pool_3x3_s2(x, self.max_pool)
     for stage, num_blocks in enumerate(stage_sizes):
       for block in range(num_blocks):
         x = _Block(self.width * 2**stage, strides=2 if stage > 0 and block == 0 else 1, bottleneck=bottleneck,
-                   norm=norm, conv=conv, name=f"layer{stage + 1}_{block}")(x)
+                   conv_norm=cn, name=f"layer{stage + 1}_{block}")(x)
     # Pool in float32: the mean over H*W positions loses precision in bfloat16.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
