@@ -3,7 +3,9 @@ r"""Trains one configured algorithm and writes checkpoints, log.jsonl and metric
   python launch/train.py --config=configs/boda.py:quick
   python launch/train.py --config=configs/erm.py --config.optim.lr=1e-4 --workdir=runs/erm_fold0
 
-Re-running the same command resumes from the latest checkpoint in the work directory.
+Re-running the same command resumes from the latest checkpoint in the work directory, loading the compiled
+train step from <workdir>/jax_cache (a ResNet-50 step at total batch 64 takes about 2 minutes to compile on an
+H100; --compilation_cache_dir points several runs at one cache, or '' turns it off).
 
 Several processes (hosts) train one model when every one runs the same command plus, either,
   --distributed                                    (TPU pods, SLURM, Open MPI: JAX detects the cluster), or
@@ -18,7 +20,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from wbcdg_jax import config_validation, multihost, trainer
+from wbcdg_jax import config_validation, multihost, protocol, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/boda.py:quick", "Config file[:preset].",
                                           lock_config=True)
@@ -28,6 +30,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start JAX's distributed 
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a multi-process run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache (default <workdir>/jax_cache; "
+                             "'' = off).")
 
 
 def main(argv):
@@ -38,6 +42,7 @@ def main(argv):
     multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
+  protocol.enable_compilation_cache(workdir, _CACHE.value)
   try:
     # The trainer validates the config before it reads data, writes or compiles anything.
     result = trainer.train_and_evaluate(config, workdir)

@@ -167,28 +167,6 @@ def variant_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict
   return rows
 
 
-def _needed_steps(settings: Settings) -> list[tuple]:
-  """Every step the chosen sections time, so that they compile together (settings.compile_threads at once)."""
-  keys = []
-  if "steps" in settings.sections:
-    keys += [StepCache.key(name, settings.batch) for name in settings.algorithms]
-  if "torch" in settings.sections:
-    keys += [StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")]
-  if "variants" in settings.sections and settings.variants:
-    keys += [StepCache.key(settings.variant_algorithm, b, None, v) for b in settings.torch_batches
-             for v in ("", *settings.variants)]
-  if "refresh" in settings.sections:
-    keys.append(StepCache.key(settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda",
-                              settings.batch))
-  if "pipeline" in settings.sections:
-    keys += [StepCache.key(settings.loop_algorithm, b) for b in sorted({settings.batch, *settings.torch_batches})]
-  if "scaling" in settings.sections and jax.process_count() == 1:
-    keys += _scaling_keys(settings)[0]
-  if settings.profile_dir:
-    keys.append(StepCache.key(settings.profile_algorithm, settings.batch))
-  return keys
-
-
 def _log_rows(log: Callable[[str], None], section: str, rows: list[dict[str, Any]]) -> None:
   for row in rows:
     if row.get("status") == "skipped":
@@ -229,13 +207,14 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     _log_rows(log, "torch", sections["torch"]["rows"])
   result["meta"] = environment()
   log(f"devices: {result['meta']['device_count']} x {result['meta']['device_kind']}")
-  t0 = time.perf_counter()
-  cache.prebuild(_needed_steps(settings))
-  result["meta"]["compile_all_s"] = time.perf_counter() - t0
-  log(f"compiled every step in {result['meta']['compile_all_s']:.1f} s ({settings.compile_threads} at a time)")
+  if "torch" in settings.sections and on_section is not None:
+    on_section(result)  # the PyTorch rows are kept even if the JAX compiles below run out of time
 
   known: dict[tuple, dict[str, Any]] = {}  # rows already measured, by StepCache key
+  # Each section compiles its steps together (settings.compile_threads at a time), then times them, so that a
+  # run stopped by a time limit keeps the sections it finished.
   if "steps" in settings.sections:
+    cache.prebuild([StepCache.key(name, settings.batch) for name in settings.algorithms])
     rows = time_steps([cache.get(name, settings.batch) for name in settings.algorithms], settings)
     erm = next((r for r in rows if r["name"] == "erm"), None)
     for row in rows:
@@ -250,6 +229,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
 
   if "torch" in settings.sections:
     jax_rows = []
+    cache.prebuild([StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")])
     for batch in settings.torch_batches:
       keys = [StepCache.key(name, batch) for name in ("erm", "boda")]
       todo = [k for k in keys if k not in known]
@@ -263,6 +243,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     done("torch")
 
   if "variants" in settings.sections and settings.variants:
+    cache.prebuild([StepCache.key(settings.variant_algorithm, b, None, v) for b in settings.torch_batches
+                    for v in ("", *settings.variants)])
     sections["variants"] = {"rows": variant_rows(cache, settings, known)}
     done("variants")
 
@@ -283,6 +265,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
         sections["refresh"] = {"rows": inputs.time_refresh(built, inputs.experiment_data(built, data_dir), settings)}
         done("refresh")
       if "pipeline" in settings.sections:
+        cache.prebuild([StepCache.key(settings.loop_algorithm, b)
+                        for b in sorted({settings.batch, *settings.torch_batches})])
         rows = []
         for batch in sorted({settings.batch, *settings.torch_batches}):
           built = cache.get(settings.loop_algorithm, batch)
@@ -291,6 +275,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
         done("pipeline")
 
   if "scaling" in settings.sections:
+    if jax.process_count() == 1:
+      cache.prebuild(_scaling_keys(settings)[0])
     sections["scaling"] = {"rows": scaling_rows(cache, settings, known)}
     done("scaling")
 

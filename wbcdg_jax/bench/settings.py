@@ -52,8 +52,7 @@ class Settings:
     variants: model implementations timed against the default one: each is `field=value` (several joined by
       '+') overriding configs/base.py's `model` fields, e.g. 'fold_frozen_bn=false' or 'max_pool=slices'.
     variant_algorithm: the algorithm the variants are timed with, at each of torch_batches.
-    compile_threads: steps compiled at once (XLA compiles release Python's lock; one step per distinct batch is
-      compiled first, alone, so the others reuse its convolution autotuning).
+    compile_threads: steps compiled at once, in threads (XLA compiles release Python's lock).
     loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
     data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
     synthetic_scale: fraction of the real dataset sizes generated.
@@ -129,7 +128,7 @@ class Settings:
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
-                variants=("fold_frozen_bn=false", "max_pool=slices"), compile_threads=4),
+                variants=("fold_frozen_bn=false", "max_pool=slices"), compile_threads=8),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
                 torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
                 variants=("fold_frozen_bn=false", "max_pool=slices")),

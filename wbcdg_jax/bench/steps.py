@@ -239,25 +239,22 @@ class StepCache:
   def prebuild(self, keys: Iterable[StepKey]) -> None:
     """Compiles the missing steps, settings.compile_threads at a time.
 
-    The first step of each distinct total batch is compiled alone first: the others then find its convolutions
-    in XLA's in-process autotuning cache instead of timing candidate kernels on a busy device.
+    XLA compiles release Python's lock and each runs mostly on one core, so threads overlap them: on one H100
+    (16 cores) five ResNet-50 steps at total batch 64 compiled 4 at a time took 134-146 s each, against 127 s
+    for one alone.
     """
     todo = list(dict.fromkeys(k for k in keys if k not in self._built))
     if not todo:
       return
-    seeds = list({k[1]: k for k in reversed(todo)}.values())
-    rest = [k for k in todo if k not in seeds]
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message="config.init.checkpoint is empty")  # random weights on purpose
-      threads = max(1, int(self.settings.compile_threads))
+      threads = min(max(1, int(self.settings.compile_threads)), len(todo))
       if threads == 1:
         for key in todo:
           self._built[key] = self._build(key)
         return
-      for key in seeds:
-        self._built[key] = self._build(key)
       with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for key, built in zip(rest, pool.map(self._build, rest)):
+        for key, built in zip(todo, pool.map(self._build, todo)):
           self._built[key] = built
 
   def get(self, name: str, total_batch: int, num_devices: int | None = None, variant: str = "") -> BuiltStep:
