@@ -3,6 +3,7 @@ r"""Measures train-step, input-pipeline, BoDA-refresh, PyTorch-reference and mul
   python launch/benchmark.py --preset=gpu --json=runs/benchmark_gpu.json   # the issue's GPU measurement
   python launch/benchmark.py --preset=cpu                                   # quick-preset shapes on a CPU
   python launch/benchmark.py --smoke                                        # seconds: checks every section runs
+  python launch/benchmark.py --merge=a.json,b.json --json=all.json          # one table from runs in parts
 
 Prints a Markdown table (section, name, batch, devices, img/s, step ms, compile s, ratio, note), the issue's
 targets, and writes every setting and number to the JSON file. Any preset field can be overridden, e.g.
@@ -21,6 +22,8 @@ from wbcdg_jax.bench import report, runner, settings as settings_lib
 _PRESET = flags.DEFINE_enum("preset", "cpu", sorted(settings_lib.PRESETS), "Starting values of every setting.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Same as --preset=smoke: tiny shapes, 2 timed steps, seconds.")
 _JSON = flags.DEFINE_string("json", None, "Output JSON path (default runs/benchmark_<preset>.json).")
+_MERGE = flags.DEFINE_list("merge", None, "Measure nothing: merge these result JSON files (runs in parts on one "
+                           "device kind) into one table, targets and --json.")
 _ALGORITHMS = flags.DEFINE_list("algorithms", None, f"'all' or names from {sorted(settings_lib.ALGORITHMS)}.")
 _SECTIONS = flags.DEFINE_list("sections", None, f"Sections to run (default all): {settings_lib.SECTIONS}.")
 _TORCH_BATCHES = flags.DEFINE_list("torch_batches", None, "Total batches of the JAX-vs-PyTorch comparison.")
@@ -64,11 +67,29 @@ def settings_from_flags() -> settings_lib.Settings:
   return settings_lib.make_settings("smoke" if _SMOKE.value else _PRESET.value, **overrides)
 
 
+def _load(path: str) -> dict:
+  try:
+    with open(path) as f:
+      result = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise app.UsageError(f"--merge: cannot read {path}: {e}")
+  if not isinstance(result, dict) or "meta" not in result or "sections" not in result:
+    raise app.UsageError(f"--merge: {path} is not a benchmark result (no 'meta' and 'sections')")
+  return result
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # TFDS and orbax log every open at INFO
-  settings = settings_from_flags()
-  path = _JSON.value or os.path.join("runs", f"benchmark_{settings.preset}.json")
+  if _MERGE.value:
+    try:
+      result = report.merge_results([(p, _load(p)) for p in _MERGE.value])
+    except ValueError as e:
+      raise app.UsageError(f"--merge: {e}")
+    path = _JSON.value or os.path.join("runs", "benchmark_merged.json")
+  else:
+    settings = settings_from_flags()
+    path = _JSON.value or os.path.join("runs", f"benchmark_{settings.preset}.json")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
   def save(result):  # after every section, so that a run cut short keeps what it measured
@@ -77,12 +98,13 @@ def main(argv):
       json.dump(result, f, indent=1)
     os.replace(tmp, path)
 
-  result = runner.run_benchmark(settings, on_section=save)
+  if not _MERGE.value:
+    result = runner.run_benchmark(settings, on_section=save)
   save(result)
-  meta = result["meta"]
+  meta, used = result["meta"], result["settings"]
   print(f"\n{meta['device_count']} x {meta['device_kind']} ({meta['platform']}), jax {meta['versions']['jax']}, "
-        f"flax {meta['versions']['flax']}; preset {settings.preset}: {settings.depth}-layer ResNet, "
-        f"{settings.image_size} px, {settings.dtype}\n")
+        f"flax {meta['versions']['flax']}; preset {used['preset']}: {used['depth']}-layer ResNet, "
+        f"{used['image_size']} px, {used['dtype']}\n")
   print(report.format_table(result))
   targets = report.format_targets(result)
   if targets:

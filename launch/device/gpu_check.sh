@@ -12,6 +12,7 @@
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants   (~6 min)
 #   rest   BoDA refresh, input pipeline, scaling, the GPU test subset                        (~4 min)
 # dry run here: PYTHON=/path/to/venv/bin/python WHEELS=0 BENCH_ARGS=--smoke OUT=/tmp/dry bash ... PART
+# then, here: python launch/benchmark.py --merge=<the parts' JSON files> --json=... gives one table and the targets.
 #
 # Writes the benchmark JSON and logs (and the BoDA step's profile) under $OUT (or runs/device).
 set -uo pipefail
@@ -49,7 +50,10 @@ case "$PART" in
     rm -rf /tmp/wbcdg_profile
     bench steps --sections=steps --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
     trace=$(find /tmp/wbcdg_profile -name '*.xplane.pb' 2>/dev/null | head -1)
-    if [ -n "$trace" ]; then gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"; fi ;;
+    if [ -n "$trace" ]; then
+      gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"
+      "$PY" launch/profile_summary.py --trace="$trace" --top=40 2>&1 | tee "$OUT/profile_boda.txt"
+    fi ;;
   torch)
     bench torch --sections=torch,variants --torch_timeout_s="${TORCH_LIMIT:-200}" \
       --compilation_cache_dir=/tmp/jax_cache ;;

@@ -94,6 +94,34 @@ def test_torch_child_rows_survive_a_cut_short_child():
   assert [r["status"] for r in runner.rows_from_child("", spec, "child exited with 1")] == ["skipped"] * 2
 
 
+def _result(device, rows, ratios=None):
+  torch = {"rows": [r for r in rows if r["name"].startswith(("JAX", "torch"))]}
+  if ratios:
+    torch["ratios"] = ratios
+  return {"meta": {"device_kind": device, "device_count": 1}, "settings": {"preset": "gpu"},
+          "sections": {"steps": {"rows": [r for r in rows if not r["name"].startswith(("JAX", "torch"))]},
+                       "torch": torch}}
+
+
+def test_merge_results_of_runs_in_parts():
+  row = lambda name, batch, ips, **kw: {"name": name, "batch": batch, "devices": 1, "images_per_s": ips,
+                                         "step_ms": 1e3 * batch / ips, **kw}
+  first = _result("H100", [row("erm", 64, 100.0), row("boda", 64, 90.0, ratio=0.9, ratio_to="ERM"),
+                           row("torch.compile", 64, 70.0, status="ok")], {"64": {"boda / torch.compile": 1.29}})
+  second = _result("H100", [row("boda", 64, 96.0, ratio=0.96, ratio_to="ERM"), row("mmd", 64, 99.0)],
+                   {"256": {"boda / torch.compile": 1.1}})
+  merged = report.merge_results([("a.json", first), ("b.json", second)])
+  steps = merged["sections"]["steps"]["rows"]
+  assert [(r["name"], r["images_per_s"]) for r in steps] == [("erm", 100.0), ("boda", 96.0), ("mmd", 99.0)]
+  assert merged["sections"]["torch"]["ratios"] == {"64": {"boda / torch.compile": 1.29},
+                                                   "256": {"boda / torch.compile": 1.1}}
+  assert merged["meta"]["merged_from"] == ["a.json", "b.json"]
+  assert merged["targets"]["BoDA / torch.compile at batch 64"]["met"] is False
+  assert merged["targets"]["slowest step / ERM (boda)"]["value"] == pytest.approx(0.96)
+  with pytest.raises(ValueError, match=r"b.json: measured on 1 x A100, but a.json on 1 x H100"):
+    report.merge_results([("a.json", first), ("b.json", _result("A100", []))])
+
+
 def test_settings_errors_name_the_flag():
   with pytest.raises(ValueError, match="--algorithms"):
     settings_lib.make_settings("smoke", algorithms=("erm", "bodda"))

@@ -78,6 +78,49 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
   return out
 
 
+def merge_results(results: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+  """One result from several runs' JSON (path, result) on the same device kind, e.g. the parts of a device session.
+
+  Sections keep their rows in order; a row measured again (same section, name, model variant, batch and devices)
+  takes the later run's numbers. The torch section's JAX / PyTorch ratios are merged per batch, and the targets
+  are evaluated on the merged numbers.
+
+  Raises:
+    ValueError naming the file whose device kind or device count differs from the first one's.
+  """
+  if not results:
+    raise ValueError("merge_results: no results")
+  first_path, first = results[0]
+  device = (first["meta"]["device_kind"], first["meta"]["device_count"])
+  merged: dict[str, Any] = {"meta": dict(first["meta"], merged_from=[p for p, _ in results]),
+                            "settings": first.get("settings", {}), "sections": {}}
+  for path, result in results:
+    other = (result["meta"]["device_kind"], result["meta"]["device_count"])
+    if other != device:
+      raise ValueError(f"{path}: measured on {other[1]} x {other[0]}, but {first_path} on {device[1]} x {device[0]}")
+    for name, body in result["sections"].items():
+      target = merged["sections"].setdefault(name, {"rows": []})
+      for key, value in body.items():
+        if key == "ratios":
+          for batch, ratios in value.items():
+            target.setdefault("ratios", {}).setdefault(batch, {}).update(ratios)
+        elif key != "rows":
+          target[key] = value
+      index = {_row_key(r): i for i, r in enumerate(target["rows"])}
+      for row in body.get("rows", []):
+        if _row_key(row) in index:
+          target["rows"][index[_row_key(row)]] = row
+        else:
+          index[_row_key(row)] = len(target["rows"])
+          target["rows"].append(row)
+  merged["targets"] = targets(merged)
+  return merged
+
+
+def _row_key(row: dict[str, Any]) -> tuple:
+  return row["name"], row.get("model_variant", ""), row.get("batch"), row.get("devices")
+
+
 def check_numbers(result: dict[str, Any]) -> None:
   """Raises ValueError naming every measured row whose throughput, time or loss is not a positive finite number."""
   bad = []

@@ -1,0 +1,31 @@
+r"""Lists where the time of a `jax.profiler` trace goes (device kernels, or XLA ops on a CPU), by HLO op.
+
+  python launch/benchmark.py --preset=gpu --sections=steps --algorithms=boda --profile_dir=runs/profile
+  python launch/profile_summary.py --trace="$(find runs/profile -name '*.xplane.pb' | head -1)" --top=30
+"""
+
+import _paths  # noqa: F401  (repository root on sys.path)
+from absl import app, flags
+
+from wbcdg_jax.bench import profile_summary
+
+_TRACE = flags.DEFINE_string("trace", None, "A .xplane.pb (or .xplane.pb.gz) file.", required=True)
+_TOP = flags.DEFINE_integer("top", 25, "Rows to print.")
+
+
+def main(argv):
+  del argv
+  try:
+    with open(_TRACE.value, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise app.UsageError(f"--trace: cannot read {_TRACE.value}: {e}")
+  try:
+    summary = profile_summary.summarize(data)
+  except ValueError as e:
+    raise app.UsageError(f"--trace={_TRACE.value}: {e}")
+  print(summary.table(_TOP.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
