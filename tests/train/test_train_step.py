@@ -5,12 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.train.close_trees import assert_adam_trees_close
 from tests.train.step_fixture import run_steps, tiny_batch, tiny_config, tiny_counts
 from wbcdg_jax import sharding
 from wbcdg_jax.stage import build_stage
@@ -92,10 +94,15 @@ def test_nonfinite_update_is_dropped_and_counted():
 def _run_sharded(module: str, devices: int) -> dict:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "train", "sharded_step_script.py"), module],
-                       env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  with tempfile.TemporaryDirectory() as tmp:
+    params_file = os.path.join(tmp, "params.npz")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "train", "sharded_step_script.py"), module,
+                          params_file], env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    with np.load(params_file) as f:
+      result["params"] = [f[k] for k in f.files]
+  return result
 
 
 # 2 devices with BoDA once deadlocked on XLA:CPU (collectives inside a lax.cond branch); the timeout catches that.
@@ -107,9 +114,14 @@ def test_sharded_step_matches_1_device(module, devices):
   for a, b in zip(one["parts"], four["parts"]):
     for k in a:
       np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
-  np.testing.assert_allclose(four["param_sum"], one["param_sum"], rtol=1e-5)
+  # Parameter by parameter (the signed sum cancels, which made it a poor checksum): the runs differ only in the
+  # order of float32 sums, and the tiny preset's Adam moves each parameter by up to lr = 1e-3 per step. With the
+  # frozen batch norm folded into the convolutions, BoDA on 4 devices moved up to 0.03% of a deep kernel's
+  # elements (those with gradients near zero) by about one step differently, while losses and gradient norms
+  # agreed to 1e-7; a wrong all-reduce moves most elements differently and changes the second loss.
+  assert_adam_trees_close(one["params"], four["params"], f"{module} on {devices} devices", atol=2e-5, steps=2,
+                          lr=1e-3, stray_fraction=1e-3)
   np.testing.assert_allclose(four["param_abs_sum"], one["param_abs_sum"], rtol=1e-5)
-  np.testing.assert_allclose(four["first_leaf"], one["first_leaf"], rtol=1e-4, atol=1e-6)
 
 
 def test_update_that_overflows_the_parameters_is_dropped():
