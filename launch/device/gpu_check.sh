@@ -7,7 +7,8 @@
 #
 # PART (times seen on one H100, 2026-11-26: a ResNet-50 step compiles in ~130 s at total batch 64 and ~30 s at
 # 256, also 4-8 at a time in threads; a warm cache loads one in ~3 s):
-#   flags  ERM at batch 64 compiled with XLA's fusion autotuner off (is it what makes batch 64 compile slowly?)
+#   flags  ERM at batch 64 compiled with XLA's fusion autotuner off, then with Triton GEMMs off: does either make
+#          batch 64 compile faster without a slower step?                                  (2-5 min)
 #   steps  every algorithm's step at batch 64, and a profile of BoDA's                      (~4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants   (~6 min)
 #   rest   BoDA refresh, input pipeline, scaling, the GPU test subset                        (~4 min)
@@ -44,8 +45,12 @@ bench() {  # bench NAME ARGS...: one benchmark process, its JSON and log under $
 
 case "$PART" in
   flags)
+    # Which autotuner makes batch 64 compile in ~130 s (ERM at 64: 4,891 img/s with the default flags)?
+    LIMIT=${FLAGS_LIMIT:-170}  # each
     XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_experimental_enable_fusion_autotuner=false" \
-      bench flags_no_fusion_autotuner --sections=steps --algorithms=erm,boda --compile_threads=2 ;;
+      bench flags_no_fusion_autotuner --sections=steps --algorithms=erm
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
+      bench flags_no_triton_gemm --sections=steps --algorithms=erm ;;
   steps)
     rm -rf /tmp/wbcdg_profile
     bench steps --sections=steps --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
