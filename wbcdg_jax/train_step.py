@@ -125,12 +125,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   grads, (parts, new_batch_stats) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params,
                                                                                      state.disc_params)
   grad_params, grad_disc = grads
-  finite = jnp.isfinite(parts["total"]) & _tree_all_finite(grad_params)
+  # A finite norm means every gradient is finite and no square of one overflows (which would make Adam's second
+  # moment inf and freeze those weights); the norm is a metric anyway, so this check reads no extra memory.
+  grad_norm = optax.global_norm(grad_params)
+  finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grad_params, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
   if disc is not None:
-    finite = finite & _tree_all_finite(grad_disc)
+    finite = finite & jnp.isfinite(optax.global_norm(grad_disc))
     disc_updates, disc_opt_state = disc_tx.update(grad_disc, state.disc_opt_state, state.disc_params)
     disc_params = optax.apply_updates(state.disc_params, disc_updates)
     finite = finite & _tree_all_finite(disc_params)
@@ -149,7 +152,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       first_bad_step=jnp.where(finite | (state.first_bad_step >= 0), state.first_bad_step, state.step),
   )
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in parts.items()}
-  metrics["grad_norm"] = optax.global_norm(grad_params)
+  metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite.astype(jnp.float32)
   return new_state, metrics
 

@@ -124,6 +124,24 @@ def test_sharded_step_matches_1_device(module, devices):
   np.testing.assert_allclose(four["param_abs_sum"], one["param_abs_sum"], rtol=1e-5)
 
 
+def test_gradient_whose_square_overflows_is_dropped():
+  # Hidden activations of 1e20 give the output layer finite gradients of about 1e20, whose squares overflow
+  # float32: Adam's second moment would become inf and freeze those weights for good (their steps become 0, so
+  # the parameters stay finite). The guard checks the gradient norm, which overflows with the squares.
+  config = tiny_config("erm")
+  mesh = sharding.make_mesh()
+  stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+  params = jax.device_get(stage.state.params)
+  params["head"]["hidden"]["bias"] = np.full_like(params["head"]["hidden"]["bias"], 1e20)
+  state = stage.state.replace(params=sharding.replicate(params, mesh))
+  state, metrics = stage.train_step(state, sharding.shard_batch(tiny_batch(config), mesh))
+  grad_is_finite = np.isfinite(float(metrics["total"]))
+  assert grad_is_finite and not np.isfinite(float(metrics["grad_norm"]))
+  assert float(metrics["finite"]) == 0.0 and int(state.skipped) == 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.opt_state)))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+
+
 def test_update_that_overflows_the_parameters_is_dropped():
   # A finite loss and gradient, but a learning rate so large that Adam's step (about lr per weight) overflows
   # float32: the guard checks the parameters it would keep, not only the loss and gradient.
