@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from wbcdg_jax.models import Classifier, ResNetEncoder, feature_dim
+from wbcdg_jax.models.resnet import conv2d
 
 
 def _count(tree):
@@ -112,6 +113,26 @@ def test_folded_frozen_batchnorm_is_the_same_function(depth):
   # The statistics matter (so the comparison above is not between two identity maps).
   z_init, _ = folded.apply(init_folded, x)
   assert not np.allclose(z_init, z_folded, atol=1e-3)
+
+
+@pytest.mark.parametrize("size,kernel,strides,padding", [
+    (2, 3, 1, 1), (4, 3, 2, 1), (3, 3, 2, 1), (1, 3, 1, 1), (5, 3, 2, 1), (2, 7, 2, 3), (8, 3, 1, 1), (4, 1, 2, 0)])
+def test_conv2d_matches_lax_convolution(size, kernel, strides, padding):
+  """Small maps (output smaller than the window) take the patches matmul; values and gradients are the conv's."""
+  x = jax.random.normal(jax.random.key(0), (3, size, size + 1, 5))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 4))
+
+  def reference(x, w):
+    pads = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(x, w, (strides, strides), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  out = conv2d(x, w, strides, padding)
+  np.testing.assert_allclose(out, reference(x, w), rtol=1e-5, atol=1e-5)
+  probe = jax.random.normal(jax.random.key(2), out.shape)
+  grads = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, strides, padding) * probe), argnums=(0, 1))(x, w)
+  expected = jax.grad(lambda x, w: jnp.sum(reference(x, w) * probe), argnums=(0, 1))(x, w)
+  for g, e in zip(grads, expected):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
 def test_max_pool_slices_is_the_same_function():
