@@ -52,9 +52,10 @@ def test_events_group_by_hlo_op_without_the_numeric_suffix():
     def __init__(self, name, stats=()):
       self.name, self.stats = name, stats
 
-  assert profile_summary._group(Event("fusion.12")) == "fusion"  # pylint: disable=protected-access
-  assert profile_summary._group(Event("loop_add_fusion.3.1")) == "loop_add_fusion"  # pylint: disable=protected-access
-  assert profile_summary._group(Event("sm90_xmma_kernel", [("hlo_op", "convolution.7")])) == "convolution"  # pylint: disable=protected-access
+  group = profile_summary._group  # pylint: disable=protected-access
+  assert group(Event("fusion.12")) == "fusion"
+  assert group(Event("loop_add_fusion.3.1")) == "loop_add_fusion"
+  assert group(Event("sm90_xmma_kernel", [("hlo_op", "convolution.7")])) == "convolution"
 
 
 def test_launcher_prints_the_table_and_names_a_bad_file(trace, tmp_path):

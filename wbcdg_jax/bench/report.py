@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from wbcdg_jax.bench.settings import step_label
+
 # The targets of the issue (one H100, 224 px, bf16, frozen BN); on other hardware they are only informative.
 BODA_VS_TORCH_COMPILE = 1.3
 STEP_VS_ERM = 0.95
@@ -34,8 +36,8 @@ def format_table(result: dict[str, Any]) -> str:
     note = row.get("note", "")
     if row.get("status") == "skipped":
       note = f"skipped: {row.get('reason', '')}"
-    name = f"{row['name']} [{row['model_variant']}]" if row.get("model_variant") else row["name"]
-    lines.append(f"| {row['section']} | {name} | {_fmt(row.get('batch'), 'd')} | "
+    lines.append(f"| {row['section']} | {step_label(row['name'], row.get('model_variant', ''))} | "
+                 f"{_fmt(row.get('batch'), 'd')} | "
                  f"{_fmt(row.get('devices'), 'd')} | {_fmt(row.get('images_per_s'), '.1f')} | "
                  f"{_fmt(row.get('step_ms'), '.2f')} | {_fmt(row.get('compile_s'), '.1f')} | {ratio} | "
                  f"{note.splitlines()[0][:160] if note else ''} |")

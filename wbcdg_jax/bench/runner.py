@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 
 from wbcdg_jax.bench import report
-from wbcdg_jax.bench.settings import SECTIONS, Settings
+from wbcdg_jax.bench.settings import SECTIONS, Settings, step_label
 from wbcdg_jax.bench.steps import StepCache, algorithm_config, time_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -122,6 +122,13 @@ def compare_with_torch(torch_section: dict[str, Any], jax_rows: list[dict[str, A
 # ---------------------------------------------------------------------------------------------------- sections
 
 
+def _rows_for(cache: StepCache, settings: Settings, known: dict, keys: list[tuple]) -> list[dict[str, Any]]:
+  """A copy of the row of each step key: timed now (all together) unless `known` has it; new rows join `known`."""
+  todo = [k for k in keys if k not in known]
+  known.update(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
+  return [dict(known[k]) for k in keys]
+
+
 def _scaling_keys(settings: Settings) -> tuple[list[tuple], int]:
   """The scaling rows' step keys (fixed per-device batch on 1, 2, 4, ... and all devices) and that batch."""
   total = jax.device_count()
@@ -138,9 +145,7 @@ def scaling_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict
   if jax.process_count() > 1:
     return [{"name": settings.scaling_algorithm, "status": "skipped", "reason": "multi-process run"}]
   keys, per_device = _scaling_keys(settings)
-  todo = [k for k in keys if k not in known]
-  measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
-  rows = [dict(known[k]) if k in known else measured[k] for k in keys]
+  rows = _rows_for(cache, settings, known, keys)
   base = rows[0]["images_per_s"]
   for row in rows:
     # Weak scaling: the per-device batch stays fixed, so linear scaling multiplies throughput by the devices.
@@ -153,15 +158,12 @@ def variant_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict
   """settings.variant_algorithm with the default model and with each variant, at each of torch_batches."""
   rows = []
   for batch in settings.torch_batches:
-    base_key = StepCache.key(settings.variant_algorithm, batch)
-    keys = [base_key] + [StepCache.key(settings.variant_algorithm, batch, None, v) for v in settings.variants]
-    todo = [k for k in keys if k not in known]
-    measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
-    group = [dict(known[k]) if k in known else measured[k] for k in keys]
+    keys = [StepCache.key(settings.variant_algorithm, batch, None, v) for v in ("", *settings.variants)]
+    group = _rows_for(cache, settings, known, keys)
     model = algorithm_config(settings.variant_algorithm, settings, batch).model
+    default = f"default: fold_frozen_bn={model.fold_frozen_bn}, max_pool={model.max_pool}"
     for row in group:
       row["ratio"], row["ratio_to"] = row["images_per_s"] / group[0]["images_per_s"], "default model"
-      default = f"default: fold_frozen_bn={model.fold_frozen_bn}, max_pool={model.max_pool}"
       row["note"] = row["model_variant"] or default
     rows += group
   return rows
@@ -172,8 +174,8 @@ def _log_rows(log: Callable[[str], None], section: str, rows: list[dict[str, Any
     if row.get("status") == "skipped":
       log(f"  {section}: {row['name']} @ {row.get('batch')}: skipped ({row.get('reason', '')[:200]})")
     else:
-      variant = f" [{row['model_variant']}]" if row.get("model_variant") else ""
-      log(f"  {section}: {row['name']}{variant} @ {row.get('batch')}: {row['images_per_s']:.1f} img/s, "
+      log(f"  {section}: {step_label(row['name'], row.get('model_variant', ''))} @ {row.get('batch')}: "
+          f"{row['images_per_s']:.1f} img/s, "
           f"{row['step_ms']:.2f} ms")
 
 
@@ -231,12 +233,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     jax_rows = []
     cache.prebuild([StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")])
     for batch in settings.torch_batches:
-      keys = [StepCache.key(name, batch) for name in ("erm", "boda")]
-      todo = [k for k in keys if k not in known]
-      measured = dict(zip(todo, time_steps([cache.get(*k) for k in todo], settings)))
-      for key in keys:
-        known.setdefault(key, measured.get(key))
-        row = dict(known[key])
+      for row in _rows_for(cache, settings, known, [StepCache.key(name, batch) for name in ("erm", "boda")]):
         row.pop("ratio", None)
         jax_rows.append(row)
     compare_with_torch(sections["torch"], jax_rows)
@@ -265,10 +262,10 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
         sections["refresh"] = {"rows": inputs.time_refresh(built, inputs.experiment_data(built, data_dir), settings)}
         done("refresh")
       if "pipeline" in settings.sections:
-        cache.prebuild([StepCache.key(settings.loop_algorithm, b)
-                        for b in sorted({settings.batch, *settings.torch_batches})])
+        batches = sorted({settings.batch, *settings.torch_batches})
+        cache.prebuild([StepCache.key(settings.loop_algorithm, b) for b in batches])
         rows = []
-        for batch in sorted({settings.batch, *settings.torch_batches}):
+        for batch in batches:
           built = cache.get(settings.loop_algorithm, batch)
           rows += inputs.time_pipeline(built, inputs.experiment_data(built, data_dir), settings)
         sections["pipeline"] = {"rows": rows}

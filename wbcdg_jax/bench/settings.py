@@ -139,6 +139,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def step_label(name: str, variant: str = "") -> str:
+  """How logs and tables name a step: 'erm', or 'erm [max_pool=slices]' for a model variant."""
+  return f"{name} [{variant}]" if variant else name
+
+
 def _model_fields() -> dict[str, Any]:
   from configs import base  # local import: configs/ sits beside the package, on the path of every launcher
   return base.get_config().model.to_dict()

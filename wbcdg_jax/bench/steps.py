@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from wbcdg_jax import checkpoint, sharding
-from wbcdg_jax.bench.settings import ALGORITHMS, Settings, parse_variant
+from wbcdg_jax.bench.settings import ALGORITHMS, Settings, parse_variant, step_label
 from wbcdg_jax.classes import NUM_CLASSES
 from wbcdg_jax.models import Classifier
 from wbcdg_jax.stage import Stage, build_stage, init_variables
@@ -141,8 +141,8 @@ def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: 
   t0 = time.perf_counter()
   compiled = st.train_step.lower(state, batch).compile(compiler_options(settings))
   compile_s = time.perf_counter() - t0
-  return BuiltStep(name=name, variant=variant, config=config, stage=st, mesh=mesh, step=compiled, state=state, batch=batch,
-                   total_batch=total_batch, compile_s=compile_s)
+  return BuiltStep(name=name, variant=variant, config=config, stage=st, mesh=mesh, step=compiled, state=state,
+                   batch=batch, total_batch=total_batch, compile_s=compile_s)
 
 
 def timed_windows(run: Callable[[int], Any], *, warmup: int, steps: int, repeats: int) -> dict[str, Any]:
@@ -201,7 +201,8 @@ def time_steps(builts: list[BuiltStep], settings: Settings, *, steps: int | None
   rows = []
   for built, first_s, metrics, win in zip(builts, first, jax.device_get(last), windows):
     step_s = statistics.median(win)
-    rows.append({"name": built.name, "model_variant": built.variant, "batch": built.total_batch, "devices": built.num_devices,
+    rows.append({"name": built.name, "model_variant": built.variant, "batch": built.total_batch,
+                 "devices": built.num_devices,
                  "images_per_s": built.total_batch / step_s, "step_ms": 1e3 * step_s,
                  "best_step_ms": 1e3 * min(win), "compile_s": built.compile_s, "first_call_s": first_s,
                  "window_step_ms": [1e3 * w for w in win], "loss": float(metrics["total"]),
@@ -231,9 +232,10 @@ class StepCache:
 
   def _build(self, key: StepKey) -> BuiltStep:
     name, batch, devices, variant = key
-    self.log(f"compiling {name}{f' [{variant}]' if variant else ''} at total batch {batch} on {devices} device(s)")
+    label = step_label(name, variant)
+    self.log(f"compiling {label} at total batch {batch} on {devices} device(s)")
     built = build_step(name, self.settings, total_batch=batch, num_devices=devices, variant=variant)
-    self.log(f"  compiled {name}{f' [{variant}]' if variant else ''} at {batch} in {built.compile_s:.1f} s")
+    self.log(f"  compiled {label} at {batch} in {built.compile_s:.1f} s")
     return built
 
   def prebuild(self, keys: Iterable[StepKey]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -66,17 +67,26 @@ def conv2d(x, kernel, strides: int = 1, padding: int = 0):
   convolution.
   """
   kh, kw, cin, cout = kernel.shape
-  b, h, w, _ = x.shape
-  ho, wo = (h + 2 * padding - kh) // strides + 1, (w + 2 * padding - kw) // strides + 1
-  pads = ((padding, padding), (padding, padding))
+  ho, wo = _output_size(x.shape[1], kh, strides, padding), _output_size(x.shape[2], kw, strides, padding)
   if kh * kw == 1 or (ho >= kh and wo >= kw):
-    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), pads,
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding), (padding, padding)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  patches = jnp.concatenate(
-      [jax.lax.slice(xp, (0, i, j, 0), (b, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, cin),
-                     (1, strides, strides, 1)) for i in range(kh) for j in range(kw)], axis=-1)
+  patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
   return jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def _output_size(size: int, window: int, strides: int, padding: int) -> int:
+  return (size + 2 * padding - window) // strides + 1
+
+
+def _window_taps(x, kh: int, kw: int, strides: int, padding: int, pad_value: float) -> list:
+  """The kh * kw strided views of x [B, H, W, C] (padded with pad_value) that a window of that size visits, in
+  (row, column) order: tap (i, j) [B, Ho, Wo, C] holds the input under window position (i, j) of every output."""
+  b, h, w, c = x.shape
+  ho, wo = _output_size(h, kh, strides, padding), _output_size(w, kw, strides, padding)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=pad_value)
+  return [jax.lax.slice(xp, (0, i, j, 0), (b, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
+                        (1, strides, strides, 1)) for i in range(kh) for j in range(kw)]
 
 
 class _Conv(nn.Module):
@@ -142,18 +152,9 @@ class _ConvNorm:
 
 def _max_pool_3x3_s2(x, impl: str):
   """Max pool, window 3, stride 2, padding 1 (-inf) over H and W of [B, H, W, C]."""
-  pads = ((1, 1), (1, 1))
   if impl == "window":
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
-  b, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-  out = None
-  for i in range(3):
-    for j in range(3):
-      part = jax.lax.slice(xp, (0, i, j, 0), (b, i + 2 * ho - 1, j + 2 * wo - 1, c), (1, 2, 2, 1))
-      out = part if out is None else jnp.maximum(out, part)
-  return out
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return functools.reduce(jnp.maximum, _window_taps(x, 3, 3, 2, 1, -jnp.inf))
 
 
 class _Block(nn.Module):
