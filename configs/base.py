@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # feature dropout before the head (0 / 0.1 / 0.5 in the searches)
   # How the same function is computed (speed only; see wbcdg_jax/models/resnet.py and launch/benchmark.py):
   c.model.fold_frozen_bn = True  # frozen batch norm folded into its convolution: conv(x, W * m) + t
-  c.model.max_pool = "window"  # the stem's max pool: 'window' (reduce_window) or 'slices' (max of strided slices)
+  c.model.max_pool = "taps"  # the stem's max pool: 'taps', 'window' or 'slices' (one function; models/resnet.py)
 
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""  # converted ImageNet weights (launch/convert_weights.py); '' = random init (warned)

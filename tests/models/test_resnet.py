@@ -1,11 +1,14 @@
 """Model structure: torchvision parameter counts, padding, batch-norm modes, dtypes, heads."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from wbcdg_jax.models import Classifier, ResNetEncoder, feature_dim
+from wbcdg_jax.models import resnet
 from wbcdg_jax.models.resnet import conv2d
 
 
@@ -118,36 +121,66 @@ def test_folded_frozen_batchnorm_is_the_same_function(depth):
 @pytest.mark.parametrize("size,kernel,strides,padding", [
     (2, 3, 1, 1), (4, 3, 2, 1), (3, 3, 2, 1), (1, 3, 1, 1), (5, 3, 2, 1), (2, 7, 2, 3), (8, 3, 1, 1), (4, 1, 2, 0)])
 def test_conv2d_matches_lax_convolution(size, kernel, strides, padding):
-  """Small maps (output smaller than the window) take the patches matmul; values and gradients are the conv's."""
+  """Small maps (output smaller than the window) take the patches matmul; values and gradients are the conv's,
+  with and without a per-channel multiplier (applied to the kernel on one path, to the output on the other)."""
   x = jax.random.normal(jax.random.key(0), (3, size, size + 1, 5))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 4))
+  m = jax.random.uniform(jax.random.key(3), (4,), minval=0.5, maxval=2.0)
 
-  def reference(x, w):
+  def reference(x, w, m=None):
     pads = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(x, w, (strides, strides), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = jax.lax.conv_general_dilated(x, w, (strides, strides), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out if m is None else out * m
 
   out = conv2d(x, w, strides, padding)
   np.testing.assert_allclose(out, reference(x, w), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(conv2d(x, w, strides, padding, m), reference(x, w, m), rtol=1e-5, atol=1e-5)
   probe = jax.random.normal(jax.random.key(2), out.shape)
-  grads = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, strides, padding) * probe), argnums=(0, 1))(x, w)
-  expected = jax.grad(lambda x, w: jnp.sum(reference(x, w) * probe), argnums=(0, 1))(x, w)
+  grads = jax.grad(lambda x, w, m: jnp.sum(conv2d(x, w, strides, padding, m) * probe), argnums=(0, 1, 2))(x, w, m)
+  expected = jax.grad(lambda x, w, m: jnp.sum(reference(x, w, m) * probe), argnums=(0, 1, 2))(x, w, m)
   for g, e in zip(grads, expected):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
-def test_max_pool_slices_is_the_same_function():
+@pytest.mark.parametrize("impl", ["taps", "slices"])
+def test_max_pool_implementations_are_the_same_function(impl):
   x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))  # odd and even sides
   window = ResNetEncoder(depth=10, max_pool="window")
-  slices = ResNetEncoder(depth=10, max_pool="slices")
+  other = ResNetEncoder(depth=10, max_pool=impl)
   variables = _perturbed_statistics(window.init(jax.random.key(1), x))
 
   def loss(v, model):
     return jnp.sum(jnp.sin(model.apply(v, x)))
 
-  np.testing.assert_allclose(slices.apply(variables, x), window.apply(variables, x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(other.apply(variables, x), window.apply(variables, x), rtol=1e-6, atol=1e-6)
   g_window = jax.grad(loss)(variables, window)["params"]
-  g_slices = jax.grad(loss)(variables, slices)["params"]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_slices, g_window)
+  g_other = jax.grad(loss)(variables, other)["params"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_other, g_window)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 9, 9, 3), (3, 8, 11, 2), (1, 2, 1, 1)])
+def test_max_pool_taps_gradient_is_select_and_scatter(shape, dtype):
+  # Ties on purpose (rounded values, zeros as after a ReLU): the gradient must go to the first maximum of each
+  # window, as select-and-scatter sends it, not be split, and overlapping windows must add up.
+  x = jnp.round(2 * jnp.maximum(jax.random.normal(jax.random.key(0), shape), 0)).astype(dtype)
+  g = jax.random.normal(jax.random.key(1), (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3]), dtype)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def pool_and_grad(impl, v, g):
+    y, vjp = jax.vjp(lambda u: resnet._max_pool_3x3_s2(u, impl), v)
+    return y, vjp(g)[0]
+
+  y_window, dx_window = pool_and_grad("window", x, g)
+  y_taps, dx_taps = pool_and_grad("taps", x, g)
+  assert y_taps.shape == g.shape and y_taps.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(y_taps, np.float32), np.asarray(y_window, np.float32))
+  assert dx_taps.dtype == dtype
+  tol = 1e-6 if dtype == jnp.float32 else 2e-2  # overlapping windows add in another order
+  np.testing.assert_allclose(np.asarray(dx_taps, np.float32), np.asarray(dx_window, np.float32), rtol=tol, atol=tol)
+  # Each output's gradient lands once: the sums agree whatever the ties.
+  np.testing.assert_allclose(float(jnp.sum(dx_taps.astype(jnp.float32))), float(jnp.sum(g.astype(jnp.float32))),
+                             rtol=tol, atol=10 * tol)
 
 
 def test_train_mode_batchnorm_updates_running_statistics():

@@ -56,7 +56,7 @@ class Classifier(nn.Module):
   mlp_width: int = 512
   dropout: float = 0.0
   fold_frozen_bn: bool = True
-  max_pool: str = "window"
+  max_pool: str = "taps"
 
   def setup(self):
     self.encoder = ResNetEncoder(depth=self.depth, bn_mode=self.bn_mode, dtype=self.dtype,

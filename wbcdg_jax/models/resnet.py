@@ -19,9 +19,14 @@ convolution before it: conv(x, W * m) + t. The function, the variables (names, s
 gradients are the same; the activations are read and written once less per layer in each direction, and the
 conv + bias (+ residual) + ReLU chain is one that GPU convolution libraries fuse.
 
-The stem's 3x3 stride-2 max pool is `lax.reduce_window` ('window', Flax's `max_pool`), whose gradient is a
-select-and-scatter, or ('slices') the maximum of its nine strided slices, whose gradient is elementwise selects
-that XLA fuses; both give the same outputs and, without ties inside a window, the same gradients.
+The stem's 3x3 stride-2 max pool has three implementations with the same outputs:
+* 'window': Flax's `max_pool` (`lax.reduce_window`); its gradient is a select-and-scatter, which XLA:CPU expands
+  into a variadic reduce-window over four full-size index arrays and a scatter (a quarter of a CPU train step);
+* 'taps' (the default): the same forward, with a custom gradient computed from the nine window taps by
+  elementwise selects and interior padding, which XLA fuses; it sends each output's gradient to the first
+  maximum of its window in row-major order, as select-and-scatter does, so the gradients match 'window' exactly;
+* 'slices': the maximum of the nine strided slices, differentiated by JAX; ties inside a window (zeros after the
+  ReLU) split the gradient, which the ReLU then zeroes, so parameter gradients match too.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ STAGE_SIZES: dict[int, tuple[Sequence[int], bool]] = {
     152: ((3, 8, 36, 3), True),
 }
 BN_MODES = ("frozen", "train")
-MAX_POOLS = ("window", "slices")
+MAX_POOLS = ("taps", "window", "slices")
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', nonlinearity='relu').
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -57,22 +62,30 @@ def feature_dim(depth: int, width: int = 64) -> int:
   return width * 8 * (4 if bottleneck else 1)
 
 
-def conv2d(x, kernel, strides: int = 1, padding: int = 0):
-  """NHWC x [B, H, W, Cin] * HWIO kernel [kh, kw, Cin, Cout], symmetric zero padding -> [B, Ho, Wo, Cout].
+def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None):
+  """NHWC x [B, H, W, Cin] * HWIO kernel [kh, kw, Cin, Cout], symmetric zero padding -> [B, Ho, Wo, Cout], computed
+  in x's dtype.
+
+  `multiplier` [Cout] (optional) scales the output channels; it is applied to the kernel (kernel * multiplier,
+  so that GPU libraries fuse the rest of a folded batch norm as a bias) except on the patches path below.
 
   A convolution whose output is smaller than its window (a 3x3 kernel on the 2x2 maps of layer4 at 64 px) is
   computed as one matmul over the extracted patches: XLA:CPU ran the convolution form of that case up to 80 times
   slower (3x3, 512 channels, 2x2 output, batch 32: 389 ms forward + backward, against 5 ms as patches), which
   made it most of a CPU train step at the quick preset. Both forms are the same sum; larger maps use the
-  convolution.
+  convolution. There the output is smaller than the kernel, so the multiplier scales the output instead.
   """
   kh, kw, cin, cout = kernel.shape
   ho, wo = _output_size(x.shape[1], kh, strides, padding), _output_size(x.shape[2], kw, strides, padding)
   if kh * kw == 1 or (ho >= kh and wo >= kw):
-    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding), (padding, padding)),
+    if multiplier is not None:
+      kernel = kernel * multiplier
+    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (strides, strides),
+                                        ((padding, padding), (padding, padding)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
-  return jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * cin, cout))
+  out = jnp.einsum("bhwk,ko->bhwo", patches, kernel.astype(x.dtype).reshape(kh * kw * cin, cout))
+  return out if multiplier is None else out * multiplier.astype(out.dtype)
 
 
 def _output_size(size: int, window: int, strides: int, padding: int) -> int:
@@ -105,9 +118,8 @@ class _Conv(nn.Module):
   def __call__(self, x, multiplier=None):
     k = self.kernel_size
     kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
-    if multiplier is not None:
-      kernel = kernel * multiplier
-    return conv2d(jnp.asarray(x, self.dtype), kernel.astype(self.dtype), self.strides, self.padding)
+    # conv2d scales the float32 kernel before casting it to the compute dtype, so the folded kernel rounds once.
+    return conv2d(jnp.asarray(x, self.dtype), kernel, self.strides, self.padding, multiplier)
 
 
 class _FrozenNormAffine(nn.Module):
@@ -150,10 +162,48 @@ class _ConvNorm:
     return conv(x, multiplier) + shift.astype(self.dtype)
 
 
+def _max_pool_window(x, window: int, strides: int, padding: int):
+  return nn.max_pool(x, (window, window), strides=(strides, strides), padding=((padding, padding),) * 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_taps(x, window: int, strides: int, padding: int):
+  """Square max pool of [B, H, W, C] (-inf padding) whose gradient is built from the window taps (see above)."""
+  return _max_pool_window(x, window, strides, padding)
+
+
+def _max_pool_taps_fwd(x, window, strides, padding):
+  y = _max_pool_window(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_taps_bwd(window, strides, padding, residuals, g):
+  x, y = residuals
+  h, w = x.shape[1], x.shape[2]
+  zero = jnp.zeros((), g.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  dx = jnp.zeros(x.shape, g.dtype)
+  for k, tap in enumerate(_window_taps(x, window, window, strides, padding, -jnp.inf)):
+    i, j = divmod(k, window)
+    first = (tap == y) & ~taken  # this tap holds the window's maximum and no earlier tap did
+    taken = taken | first
+    # Output (r, s) read input (strides*r + i - padding, strides*s + j - padding): interior padding spreads the
+    # tap's gradient back onto that grid (negative edge padding crops the rows and columns of the padding).
+    rows = (i - padding, h - (i - padding + strides * (y.shape[1] - 1) + 1), strides - 1)
+    cols = (j - padding, w - (j - padding + strides * (y.shape[2] - 1) + 1), strides - 1)
+    dx = dx + jax.lax.pad(jnp.where(first, g, zero), zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
+  return (dx,)
+
+
+_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
+
+
 def _max_pool_3x3_s2(x, impl: str):
   """Max pool, window 3, stride 2, padding 1 (-inf) over H and W of [B, H, W, C]."""
   if impl == "window":
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return _max_pool_window(x, 3, 2, 1)
+  if impl == "taps":
+    return _max_pool_taps(x, 3, 2, 1)
   return functools.reduce(jnp.maximum, _window_taps(x, 3, 3, 2, 1, -jnp.inf))
 
 
@@ -191,7 +241,7 @@ class ResNetEncoder(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); parameters are always float32.
     width: channels of the first stage (64 in torchvision).
     fold_frozen_bn: with bn_mode 'frozen', apply each batch norm folded into its convolution (same function).
-    max_pool: the stem's max pool, 'window' or 'slices' (same function).
+    max_pool: the stem's max pool, 'taps', 'window' or 'slices' (same function).
   """
 
   depth: int = 50
@@ -199,7 +249,7 @@ class ResNetEncoder(nn.Module):
   dtype: Any = jnp.float32
   width: int = 64
   fold_frozen_bn: bool = True
-  max_pool: str = "window"
+  max_pool: str = "taps"
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
