@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How the same function is computed (speed only; see wbcdg_jax/models/resnet.py and launch/benchmark.py):
   c.model.fold_frozen_bn = True  # frozen batch norm folded into its convolution: conv(x, W * m) + t
   c.model.max_pool = "taps"  # the stem's max pool: 'taps', 'window' or 'slices' (one function; models/resnet.py)
+  c.model.stem_space_to_depth = False  # the stem's 7x7 stride-2 conv as a 4x4 conv over 2x2 pixel blocks
 
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""  # converted ImageNet weights (launch/convert_weights.py); '' = random init (warned)

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from data_pipelines import pipeline
 from wbcdg_jax.classes import CLASS_NAMES
+from wbcdg_jax.models import IMPLEMENTATION_FIELDS
 
 CONFIG_FILE = "config.json"
 
@@ -155,7 +156,8 @@ def load_for_inference(workdir: str) -> InferenceBundle:
 def model_from_config(config: ml_collections.ConfigDict, classifier_cls: Any) -> Any:
   """Builds the Classifier a config describes."""
   m = config.model
+  # How the same function is computed; configs saved before a field existed get the model's default.
+  speed = {field: m[field] for field in IMPLEMENTATION_FIELDS if field in m}
   return classifier_cls(num_classes=len(CLASS_NAMES), depth=int(m.depth), bn_mode=m.bn_mode,
                         dtype=jax.numpy.dtype(m.dtype),
-                        head=m.head, mlp_width=int(m.mlp_width), dropout=float(m.dropout),
-                        fold_frozen_bn=bool(m.get("fold_frozen_bn", True)), max_pool=m.get("max_pool", "window"))
+                        head=m.head, mlp_width=int(m.mlp_width), dropout=float(m.dropout), **speed)

@@ -3,12 +3,13 @@
 # device call; run them back to back on the same warm machine (they share /tmp/site and /tmp/jax_cache).
 #
 #   here, once:  bash launch/device/fetch_wheels.sh     # wheels the GPU image lacks -> .whl/ (git-ignored)
-#   device call: bash launch/device/gpu_check.sh PART   # carry [".whl"]
+#   device call: bash launch/device/gpu_check.sh PART   # carry [".whl", ".devcache"]
+#   here, after: cp <files_at>/xla_autotune.tar.gz .devcache/   # XLA's autotuning results, for the next session
 #
 # PART (times seen on one H100, 2026-11-26: a ResNet-50 step compiles in ~130 s at total batch 64 and ~30 s at
 # 256, also 4-8 at a time in threads; a warm cache loads one in ~3 s):
-#   flags  ERM at batch 64 compiled with XLA's fusion autotuner off, then with Triton GEMMs off: does either make
-#          batch 64 compile faster without a slower step?                                  (2-5 min)
+#   flags  ERM at batch 64 compiled with an empty autotune cache, again in a new process with the cache it wrote,
+#          then with XLA's fusion autotuner off: is autotuning the ~130 s, and does a kept cache remove it? (3-6 min)
 #   steps  every algorithm's step at batch 64, and a profile of BoDA's                      (~4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants   (~6 min)
 #   rest   BoDA refresh, input pipeline, scaling, the GPU test subset                        (~4 min)
@@ -31,6 +32,18 @@ if [ "${WHEELS:-1}" = 1 ] && [ ! -d "$SITE/grain" ] && ls .whl/*.whl >/dev/null 
 fi
 [ "${WHEELS:-1}" = 1 ] && [ -d "$SITE" ] && export PYTHONPATH=$SITE:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
+# XLA's autotuning results (convolution algorithms, GEMM tilings; keyed by the op and the GPU, so they outlive code
+# changes that the JAX compilation cache does not) kept across device sessions: unpacked from the carried
+# .devcache/, packed into $OUT after every part.
+AUTOTUNE_DIR=${AUTOTUNE_DIR:-/tmp/xla_autotune}
+mkdir -p "$AUTOTUNE_DIR"
+if [ -f .devcache/xla_autotune.tar.gz ] && [ -z "$(ls -A "$AUTOTUNE_DIR")" ]; then
+  tar xzf .devcache/xla_autotune.tar.gz -C "$AUTOTUNE_DIR" && echo "autotune cache: $(ls "$AUTOTUNE_DIR" | wc -l) entries"
+fi
+trap 'tar czf "$OUT/xla_autotune.tar.gz" -C "$AUTOTUNE_DIR" . 2>/dev/null' EXIT
+autotune_flag() { echo "--xla_gpu_per_fusion_autotune_cache_dir=$1"; }
+BASE_XLA_FLAGS=${XLA_FLAGS:-}
+export XLA_FLAGS="$BASE_XLA_FLAGS $(autotune_flag "$AUTOTUNE_DIR")"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true; } \
   | tee "$OUT/gpu.txt"
 "$PY" -c "import jax, flax, optax, orbax.checkpoint as o, grain, sys; print(jax.devices(), 'jax', jax.__version__, \
@@ -45,12 +58,15 @@ bench() {  # bench NAME ARGS...: one benchmark process, its JSON and log under $
 
 case "$PART" in
   flags)
-    # Which autotuner makes batch 64 compile in ~130 s (ERM at 64: 4,891 img/s with the default flags)?
+    # Is autotuning why batch 64 compiles in ~130 s (ERM at 64: 4,891 img/s with the default flags)? No JAX
+    # compilation cache here, so every process compiles.
     LIMIT=${FLAGS_LIMIT:-170}  # each
-    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_experimental_enable_fusion_autotuner=false" \
-      bench flags_no_fusion_autotuner --sections=steps --algorithms=erm
-    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
-      bench flags_no_triton_gemm --sections=steps --algorithms=erm ;;
+    cold=$(mktemp -d)
+    XLA_FLAGS="$BASE_XLA_FLAGS $(autotune_flag "$cold")" bench flags_autotune_cold --sections=steps --algorithms=erm
+    XLA_FLAGS="$BASE_XLA_FLAGS $(autotune_flag "$cold")" bench flags_autotune_warm --sections=steps --algorithms=erm
+    cp -rn "$cold"/. "$AUTOTUNE_DIR"/ 2>/dev/null
+    XLA_FLAGS="$BASE_XLA_FLAGS $(autotune_flag "$(mktemp -d)") --xla_gpu_experimental_enable_fusion_autotuner=false" \
+      bench flags_no_fusion_autotuner --sections=steps --algorithms=erm ;;
   steps)
     rm -rf /tmp/wbcdg_profile
     bench steps --sections=steps --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache

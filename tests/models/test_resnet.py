@@ -142,6 +142,40 @@ def test_conv2d_matches_lax_convolution(size, kernel, strides, padding):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("size,kernel,padding", [(16, 7, 3), (13, 7, 3), (9, 3, 1), (10, 4, 1), (9, 2, 0), (5, 7, 3)])
+def test_conv2d_space_to_depth_is_the_stride_2_convolution(size, kernel, padding):
+  """Odd and even sides and kernels, a window that overhangs the image, trailing rows no window reads."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 3, 3))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 6))
+  m = jax.random.uniform(jax.random.key(3), (6,), minval=0.5, maxval=2.0)
+  out = conv2d(x, w, 2, padding, m)
+  np.testing.assert_allclose(conv2d(x, w, 2, padding, m, space_to_depth=True), out, rtol=1e-5, atol=1e-5)
+  probe = jax.random.normal(jax.random.key(2), out.shape)
+
+  def grads(space_to_depth):
+    fn = lambda x, w, m: jnp.sum(conv2d(x, w, 2, padding, m, space_to_depth=space_to_depth) * probe)
+    return jax.grad(fn, argnums=(0, 1, 2))(x, w, m)
+
+  for g, e in zip(grads(True), grads(False)):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_stem_space_to_depth_is_the_same_model():
+  x = jax.random.normal(jax.random.key(0), (2, 35, 32, 3))
+  default = Classifier(num_classes=13, depth=10)
+  blocks = Classifier(num_classes=13, depth=10, stem_space_to_depth=True)
+  variables = _perturbed_statistics(default.init(jax.random.key(1), x))
+  assert jax.tree.map(jnp.shape, blocks.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+
+  def loss(v, model):
+    z, logits = model.apply(v, x)
+    return jnp.sum(jnp.sin(z)) + jnp.sum(logits)
+
+  np.testing.assert_allclose(blocks.apply(variables, x)[0], default.apply(variables, x)[0], rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               jax.grad(loss)(variables, blocks)["params"], jax.grad(loss)(variables, default)["params"])
+
+
 @pytest.mark.parametrize("impl", ["taps", "slices"])
 def test_max_pool_implementations_are_the_same_function(impl):
   x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))  # odd and even sides

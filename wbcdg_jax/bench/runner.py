@@ -23,6 +23,7 @@ import jax
 from wbcdg_jax.bench import report
 from wbcdg_jax.bench.settings import SECTIONS, Settings, step_label
 from wbcdg_jax.bench.steps import StepCache, algorithm_config, time_steps
+from wbcdg_jax.models import IMPLEMENTATION_FIELDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "dm-pix")
@@ -161,7 +162,7 @@ def variant_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict
     keys = [StepCache.key(settings.variant_algorithm, batch, None, v) for v in ("", *settings.variants)]
     group = _rows_for(cache, settings, known, keys)
     model = algorithm_config(settings.variant_algorithm, settings, batch).model
-    default = f"default: fold_frozen_bn={model.fold_frozen_bn}, max_pool={model.max_pool}"
+    default = "default: " + ", ".join(f"{field}={model[field]}" for field in IMPLEMENTATION_FIELDS)
     for row in group:
       row["ratio"], row["ratio_to"] = row["images_per_s"] / group[0]["images_per_s"], "default model"
       row["note"] = row["model_variant"] or default

@@ -128,15 +128,15 @@ class Settings:
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
-                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices"),
-                compile_threads=8),
+                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices",
+                          "stem_space_to_depth=true"), compile_threads=8),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
                 torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
-                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices")),
+                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=true")),
     "smoke": dict(config_preset="tiny", image_size=32, stored_size=32, depth=10, dtype="float32", batch=8,
                   torch_batches=(8,), warmup=1, steps=2, repeats=1, pipeline_steps=2, synthetic_scale=0.004,
-                  torch_compile="off", fast_compile=True, variants=("fold_frozen_bn=false+max_pool=window",),
-                  compile_threads=2),
+                  torch_compile="off", fast_compile=True,
+                  variants=("fold_frozen_bn=false+max_pool=window+stem_space_to_depth=true",), compile_threads=2),
 }
 
 

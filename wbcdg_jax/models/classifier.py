@@ -42,6 +42,10 @@ class Head(nn.Module):
     return nn.Dense(self.num_classes, name="out")(x)
 
 
+# Classifier fields that choose how the same function is computed (speed only, same variables and outputs).
+IMPLEMENTATION_FIELDS = ("fold_frozen_bn", "max_pool", "stem_space_to_depth")
+
+
 class Classifier(nn.Module):
   """ResNet encoder + head. `apply(variables, images, train=...) -> (z [B, D] float32, logits [B, C] float32)`.
 
@@ -57,10 +61,12 @@ class Classifier(nn.Module):
   dropout: float = 0.0
   fold_frozen_bn: bool = True
   max_pool: str = "taps"
+  stem_space_to_depth: bool = False
 
   def setup(self):
     self.encoder = ResNetEncoder(depth=self.depth, bn_mode=self.bn_mode, dtype=self.dtype,
-                                 fold_frozen_bn=self.fold_frozen_bn, max_pool=self.max_pool)
+                                 fold_frozen_bn=self.fold_frozen_bn, max_pool=self.max_pool,
+                                 stem_space_to_depth=self.stem_space_to_depth)
     self.classifier_head = Head(self.num_classes, kind=self.head, mlp_width=self.mlp_width, dropout=self.dropout,
                                 name="head")
 

@@ -62,7 +62,7 @@ def feature_dim(depth: int, width: int = 64) -> int:
   return width * 8 * (4 if bottleneck else 1)
 
 
-def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None):
+def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None, space_to_depth: bool = False):
   """NHWC x [B, H, W, Cin] * HWIO kernel [kh, kw, Cin, Cout], symmetric zero padding -> [B, Ho, Wo, Cout], computed
   in x's dtype.
 
@@ -74,18 +74,47 @@ def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None):
   slower (3x3, 512 channels, 2x2 output, batch 32: 389 ms forward + backward, against 5 ms as patches), which
   made it most of a CPU train step at the quick preset. Both forms are the same sum; larger maps use the
   convolution. There the output is smaller than the kernel, so the multiplier scales the output instead.
+
+  `space_to_depth` computes a stride-2 convolution as a stride-1 one over 2x2 pixel blocks (below).
   """
   kh, kw, cin, cout = kernel.shape
   ho, wo = _output_size(x.shape[1], kh, strides, padding), _output_size(x.shape[2], kw, strides, padding)
   if kh * kw == 1 or (ho >= kh and wo >= kw):
     if multiplier is not None:
       kernel = kernel * multiplier
+    if space_to_depth and strides == 2 and kh * kw > 1:
+      return _conv_stride2_space_to_depth(x, kernel.astype(x.dtype), padding)
     return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (strides, strides),
                                         ((padding, padding), (padding, padding)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
   out = jnp.einsum("bhwk,ko->bhwo", patches, kernel.astype(x.dtype).reshape(kh * kw * cin, cout))
   return out if multiplier is None else out * multiplier.astype(out.dtype)
+
+
+def _conv_stride2_space_to_depth(x, kernel, padding: int):
+  """Stride-2 convolution of x [B, H, W, Cin] as a stride-1 convolution over its 2x2 pixel blocks.
+
+  The stem's 7x7 stride-2 convolution reads 3 channels, which fill a GPU's tensor-core tiles (and XLA:CPU's
+  vector lanes) badly, in both its forward and its weight-gradient pass. Regrouping each 2x2 block of the padded
+  image into 4 x Cin channels, and the kernel (zero-padded to even sides) likewise, gives the same sums as a
+  ceil(k/2) x ceil(k/2) stride-1 convolution over 4 x Cin channels (the MLPerf ResNet stem transform).
+  """
+  b, h, w, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  ho, wo = _output_size(h, kh, 2, padding), _output_size(w, kw, 2, padding)
+  # Pad to the rows and columns the windows read, rounded up to whole blocks (extra zeros meet zero kernel taps).
+  hp, wp = 2 * (ho + (kh + 1) // 2 - 1), 2 * (wo + (kw + 1) // 2 - 1)
+  # lax.pad: a negative high edge crops trailing rows that no window reads.
+  xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (padding, hp - h - padding, 0),
+                                              (padding, wp - w - padding, 0), (0, 0, 0)))
+  blocks = xp.reshape(b, hp // 2, 2, wp // 2, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp // 2, wp // 2,
+                                                                                           4 * cin)
+  # Kernel tap (2a + p, 2c + q) becomes block tap (a, c), channel (p, q, cin), as in the blocks above.
+  kp = jnp.pad(kernel, ((0, kh % 2), (0, kw % 2), (0, 0), (0, 0)))
+  kb = kp.reshape((kh + 1) // 2, 2, (kw + 1) // 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  kb = kb.reshape((kh + 1) // 2, (kw + 1) // 2, 4 * cin, cout)
+  return jax.lax.conv_general_dilated(blocks, kb, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _output_size(size: int, window: int, strides: int, padding: int) -> int:
@@ -113,13 +142,15 @@ class _Conv(nn.Module):
   strides: int = 1
   padding: int = 0
   dtype: Any = jnp.float32
+  space_to_depth: bool = False
 
   @nn.compact
   def __call__(self, x, multiplier=None):
     k = self.kernel_size
     kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
     # conv2d scales the float32 kernel before casting it to the compute dtype, so the folded kernel rounds once.
-    return conv2d(jnp.asarray(x, self.dtype), kernel, self.strides, self.padding, multiplier)
+    return conv2d(jnp.asarray(x, self.dtype), kernel, self.strides, self.padding, multiplier,
+                  space_to_depth=self.space_to_depth)
 
 
 class _FrozenNormAffine(nn.Module):
@@ -152,8 +183,9 @@ class _ConvNorm:
   use_running_average: bool
 
   def __call__(self, x, features: int, kernel: int, *, conv_name: str, bn_name: str, strides: int = 1,
-               padding: int = 0):
-    conv = _Conv(features, kernel, strides=strides, padding=padding, dtype=self.dtype, name=conv_name)
+               padding: int = 0, space_to_depth: bool = False):
+    conv = _Conv(features, kernel, strides=strides, padding=padding, dtype=self.dtype,
+                 space_to_depth=space_to_depth, name=conv_name)
     if not self.fold:
       # torchvision: eps 1e-5, momentum 0.1 on the new value == Flax momentum 0.9 on the old value.
       return nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9, epsilon=1e-5,
@@ -242,6 +274,7 @@ class ResNetEncoder(nn.Module):
     width: channels of the first stage (64 in torchvision).
     fold_frozen_bn: with bn_mode 'frozen', apply each batch norm folded into its convolution (same function).
     max_pool: the stem's max pool, 'taps', 'window' or 'slices' (same function).
+    stem_space_to_depth: compute the stem's 7x7 stride-2 convolution over 2x2 pixel blocks (same function).
   """
 
   depth: int = 50
@@ -250,6 +283,7 @@ class ResNetEncoder(nn.Module):
   width: int = 64
   fold_frozen_bn: bool = True
   max_pool: str = "taps"
+  stem_space_to_depth: bool = False
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -264,7 +298,8 @@ class ResNetEncoder(nn.Module):
     frozen = self.bn_mode == "frozen"
     cn = _ConvNorm(dtype=self.dtype, fold=frozen and self.fold_frozen_bn, use_running_average=frozen or not train)
     x = jnp.asarray(images, self.dtype)
-    x = nn.relu(cn(x, self.width, 7, strides=2, padding=3, conv_name="conv1", bn_name="bn1"))
+    x = nn.relu(cn(x, self.width, 7, strides=2, padding=3, conv_name="conv1", bn_name="bn1",
+                   space_to_depth=self.stem_space_to_depth))
     x = _max_pool_3x3_s2(x, self.max_pool)
     for stage, num_blocks in enumerate(stage_sizes):
       for block in range(num_blocks):
