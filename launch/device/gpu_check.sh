@@ -74,7 +74,10 @@ case "$PART" in
     trace=$(find /tmp/wbcdg_profile -name '*.xplane.pb' 2>/dev/null | head -1)
     if [ -n "$trace" ]; then
       gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"
-      "$PY" launch/profile_summary.py --trace="$trace" --top=40 2>&1 | tee "$OUT/profile_boda.txt"
+      gzip -c /tmp/wbcdg_profile/boda_step.hlo.txt > "$OUT/boda_step.hlo.txt.gz" 2>/dev/null
+      { "$PY" launch/profile_summary.py --trace="$trace" --top=40
+        "$PY" launch/profile_summary.py --trace="$trace" --top=40 --by_instruction; } 2>&1 \
+        | tee "$OUT/profile_boda.txt"
     fi ;;
   torch)
     bench torch --sections=torch,variants --torch_timeout_s="${TORCH_LIMIT:-200}" \

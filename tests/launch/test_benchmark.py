@@ -155,6 +155,7 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert list(profile.rglob("*.xplane.pb")), "no jax.profiler trace written"
+  assert "HloModule" in (profile / "erm_step.hlo.txt").read_text()
   assert "| scaling | erm | 8 | 2 |" in proc.stdout
   with open(out) as f:
     result = json.load(f)

@@ -45,6 +45,9 @@ def test_summary_groups_ops_and_shares(trace):
   # gzipped traces (as the device script brings them back) read the same.
   again = profile_summary.summarize(gzip.compress(trace.read_bytes()))
   assert again.total_ns == summary.total_ns
+  # One row per instruction: the same time, split at least as finely.
+  single = profile_summary.summarize(trace.read_bytes(), by_instruction=True)
+  assert single.busy_ns == pytest.approx(summary.busy_ns) and len(single.total_ns) >= len(summary.total_ns)
 
 
 def test_events_group_by_hlo_op_without_the_numeric_suffix():
@@ -56,6 +59,7 @@ def test_events_group_by_hlo_op_without_the_numeric_suffix():
   assert group(Event("fusion.12")) == "fusion"
   assert group(Event("loop_add_fusion.3.1")) == "loop_add_fusion"
   assert group(Event("sm90_xmma_kernel", [("hlo_op", "convolution.7")])) == "convolution"
+  assert group(Event("loop_add_fusion.3.1"), by_instruction=True) == "loop_add_fusion.3.1"
 
 
 def test_launcher_prints_the_table_and_names_a_bad_file(trace, tmp_path):

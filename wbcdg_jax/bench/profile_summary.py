@@ -34,14 +34,18 @@ class Summary:
     return "\n".join(lines)
 
 
-def _group(event) -> str:
+def _group(event, by_instruction: bool = False) -> str:
   stats = dict(event.stats)
   name = str(stats.get("hlo_op") or event.name)
-  return re.sub(r"(\.\d+)+$", "", name)
+  return name if by_instruction else re.sub(r"(\.\d+)+$", "", name)
 
 
-def summarize(serialized: bytes) -> Summary:
-  """Summary of the device planes' stream lines, or of the CPU's XLA threads when no device plane has events."""
+def summarize(serialized: bytes, by_instruction: bool = False) -> Summary:
+  """Summary of the device planes' stream lines, or of the CPU's XLA threads when no device plane has events.
+
+  With `by_instruction`, each HLO instruction (`fusion.12`) is its own group, to look up in the step's optimized
+  HLO (`jax.jit(...).lower(...).compile().as_text()`).
+  """
   from jax.profiler import ProfileData
 
   if serialized[:2] == b"\x1f\x8b":
@@ -61,7 +65,7 @@ def summarize(serialized: bytes) -> Summary:
     for event in events:
       if source == "CPU XLA ops" and _CPU_RUNTIME.match(event.name):
         continue
-      group = _group(event)
+      group = _group(event, by_instruction)
       total[group] += event.duration_ns
       count[group] += 1
   if not total:

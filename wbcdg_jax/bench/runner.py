@@ -251,6 +251,10 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     log(f"profiling {settings.profile_algorithm} into {settings.profile_dir}")
     with jax.profiler.trace(settings.profile_dir):
       jax.block_until_ready(built.run(3))
+    # The optimized HLO, where the instructions of `profile_summary --by_instruction` are looked up.
+    hlo = os.path.join(settings.profile_dir, f"{settings.profile_algorithm}_step.hlo.txt")
+    with open(hlo, "w") as f:
+      f.write(built.step.as_text())
 
   if {"refresh", "pipeline"} & set(settings.sections):
     from wbcdg_jax.bench import inputs  # local import: reads TFDS / grain only when needed
