@@ -27,9 +27,12 @@ _MERGE = flags.DEFINE_list("merge", None, "Measure nothing: merge these result J
 _ALGORITHMS = flags.DEFINE_list("algorithms", None, f"'all' or names from {sorted(settings_lib.ALGORITHMS)}.")
 _SECTIONS = flags.DEFINE_list("sections", None, f"Sections to run (default all): {settings_lib.SECTIONS}.")
 _TORCH_BATCHES = flags.DEFINE_list("torch_batches", None, "Total batches of the JAX-vs-PyTorch comparison.")
-_VARIANTS = flags.DEFINE_list("variants", None, "Model variants timed against the default model, each "
-                              "'field=value[+field=value]' of configs/base.py's model, e.g. max_pool=slices; "
+_VARIANTS = flags.DEFINE_list("variants", None, "Variants timed against the default, each "
+                              "'field=value[+field=value]' of configs/base.py: the model's when bare "
+                              "(max_pool=slices), another section's when dotted (train.check_updated_params=true); "
                               "'none' for none.")
+_VARIANT_BATCHES = flags.DEFINE_list("variant_batches", None, "Total batches of the variants (default: "
+                                     "--torch_batches).")
 _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("image_size", "Network input px."), ("stored_size", "Stored / host image px."), ("depth", "ResNet depth."),
     ("batch", "Total batch of the algorithm table."), ("warmup", "Untimed steps after the compiling call."),
@@ -62,8 +65,12 @@ def settings_from_flags() -> settings_lib.Settings:
     overrides["sections"] = tuple(_SECTIONS.value)
   if _VARIANTS.value is not None:
     overrides["variants"] = () if _VARIANTS.value == ["none"] else tuple(_VARIANTS.value)
-  if _TORCH_BATCHES.value is not None:
-    overrides["torch_batches"] = tuple(int(b) for b in _TORCH_BATCHES.value)
+  for name, flag in (("torch_batches", _TORCH_BATCHES), ("variant_batches", _VARIANT_BATCHES)):
+    if flag.value is not None:
+      try:
+        overrides[name] = tuple(int(b) for b in flag.value)
+      except ValueError:
+        raise app.UsageError(f"--{name}={','.join(flag.value)}: expected integers") from None
   return settings_lib.make_settings("smoke" if _SMOKE.value else _PRESET.value, **overrides)
 
 

@@ -96,7 +96,7 @@ def _loss_terms(params, disc_params, state: TrainState, batch: dict, images: jax
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx: optax.GradientTransformation,
                spec: LossSpec, augment_options: augment.AugmentOptions, image_size: int, base_key: jax.Array,
                disc: nn.Module | None = None, disc_tx: optax.GradientTransformation | None = None,
-               bn_train: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+               bn_train: bool = False, check_updated_params: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """Applies one update.
 
   Args:
@@ -110,11 +110,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     base_key: the run's root PRNG key; this step uses fold_in(base_key, state.step).
     disc, disc_tx: the DANN discriminator and its optimizer, when spec.dann_weight > 0.
     bn_train: whether batch norm normalises with batch statistics and updates its running averages.
+    check_updated_params: also drop the update when a new parameter is not finite. Without it the choice between
+      the old and new state depends only on values known before the optimizer runs, so XLA fuses it into the
+      update instead of writing the new state first (an overflowing update then shows in the next step's loss).
 
   Returns:
-    The new state and a dict of float32 scalars (loss parts, accuracy, grad_norm, finite). A non-finite loss,
-    gradient or updated parameter leaves the state unchanged (the update is dropped and `skipped` counts it);
-    the caller decides whether to stop.
+    The new state and a dict of float32 scalars (loss parts, accuracy, grad_norm, finite). A non-finite loss or
+    gradient (or updated parameter, with check_updated_params) leaves the state unchanged (the update is dropped
+    and `skipped` counts it); the caller decides whether to stop.
   """
   key = jax.random.fold_in(base_key, state.step)
   aug_key, dropout_key, disc_key = jax.random.split(key, 3)
@@ -136,9 +139,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     finite = finite & jnp.isfinite(optax.global_norm(grad_disc))
     disc_updates, disc_opt_state = disc_tx.update(grad_disc, state.disc_opt_state, state.disc_params)
     disc_params = optax.apply_updates(state.disc_params, disc_updates)
-    finite = finite & _tree_all_finite(disc_params)
-  # A finite gradient can still overflow the parameters (a diverging learning rate): check what would be kept.
-  finite = finite & _tree_all_finite(params)
+  if check_updated_params:
+    # A finite gradient can still overflow the parameters (a learning rate near float32's limit): check what
+    # would be kept.
+    finite = finite & _tree_all_finite(params)
+    if disc is not None:
+      finite = finite & _tree_all_finite(disc_params)
   # Keep the old values wherever the step was not finite, so a NaN never reaches the state.
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(

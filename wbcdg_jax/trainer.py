@@ -15,6 +15,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -34,7 +35,23 @@ LOG_FILE = "log.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
-  """A loss or gradient was NaN or infinite and config.train.on_nonfinite is 'stop'."""
+  """A loss or gradient was NaN or infinite and config.train.on_nonfinite is 'stop', or the parameters are."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jax.tree.reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree, jnp.asarray(True))
+
+
+def _check_params_before_keeping(state: TrainState, done: int, ckpts) -> None:
+  """Refuses to checkpoint, or offer as the best model, parameters that are not finite (an update overflowed
+  them: with train.check_updated_params=False the step that did it is not dropped, only the next one is)."""
+  if not bool(jax.device_get(_all_finite((state.params, state.disc_params)))):
+    last = ckpts.latest_step()
+    raise NonFiniteLossError(
+        f"the parameters are not finite after step {done} (an update overflowed them; "
+        f"config.train.check_updated_params=True drops such updates); not kept. Last good checkpoint: "
+        + (f"step {last} in {ckpts.manager.directory}" if last is not None else "none yet"))
 
 
 def _is_main() -> bool:
@@ -174,14 +191,18 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
       row = _flush_log(pending, log_path, ckpts, config, t_window, per_domain * data.num_domains)
       bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['accuracy']:.2f}")
       pending, t_window = [], time.perf_counter()
-    if done % int(config.train.eval_every) == 0 or last:
+    evaluate_now = done % int(config.train.eval_every) == 0 or last
+    save_now = done % int(config.train.checkpoint_every) == 0 or last
+    if evaluate_now or save_now:
+      _check_params_before_keeping(state, done, ckpts)
+    if evaluate_now:
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       scores = evaluate_sources(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh)
       summary = {"step": done, "val_f1_macro": scores["val"]["f1_macro"],
                  "val_f1_micro": scores["val"]["f1_micro"], "val_accuracy": scores["val"]["accuracy"]}
       best.offer(done, jax.device_get(variables), summary)
       _append_json(log_path, {"eval": summary})
-    if done % int(config.train.checkpoint_every) == 0 or last:
+    if save_now:
       ckpts.save(done, state, train_iter)
     bar.update(1)
   bar.close()

@@ -147,6 +147,7 @@ def test_update_that_overflows_the_parameters_is_dropped():
   # float32: the guard checks the parameters it would keep, not only the loss and gradient.
   config = tiny_config("erm")
   config.optim.lr = 1e39
+  config.train.check_updated_params = True
   mesh = sharding.make_mesh()
   stage = build_stage(config, mesh=mesh, counts=tiny_counts())
   before = jax.device_get(stage.state.params)
@@ -154,3 +155,38 @@ def test_update_that_overflows_the_parameters_is_dropped():
   assert np.isfinite(float(metrics["total"])) and float(metrics["finite"]) == 0.0
   assert int(state.skipped) == 1 and int(state.first_bad_step) == 0
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+
+
+@pytest.mark.parametrize("module", ["erm", "dann"])
+def test_unchecked_parameters_give_the_same_step(module):
+  # train.check_updated_params=False only drops the check of the new parameters: a normal step writes the same
+  # state bit for bit (discriminator included).
+  mesh = sharding.make_mesh()
+  results = {}
+  for check in (True, False):
+    config = tiny_config(module)
+    config.train.check_updated_params = check
+    stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+    state, metrics = stage.train_step(stage.state, sharding.shard_batch(tiny_batch(config), mesh))
+    results[check] = (jax.device_get(state), float(metrics["finite"]))
+  (checked, finite_checked), (unchecked, finite_unchecked) = results[True], results[False]
+  assert finite_checked == finite_unchecked == 1.0
+  for name in ("params", "opt_state", "disc_params", "disc_opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(unchecked, name), getattr(checked, name))
+
+
+def test_unchecked_parameter_overflow_is_caught_by_the_next_loss():
+  # Without the check an update that overflows the parameters is applied; the next step's loss is non-finite,
+  # so that step is dropped and counted.
+  mesh = sharding.make_mesh()
+  config = tiny_config("erm")
+  config.optim.lr = 1e39  # inf in float32: every Adam step is inf or nan
+  config.train.check_updated_params = False
+  stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+  batch = sharding.shard_batch(tiny_batch(config), mesh)
+  state, metrics = stage.train_step(stage.state, batch)
+  assert float(metrics["finite"]) == 1.0 and int(state.skipped) == 0
+  assert not all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+  state, metrics = stage.train_step(state, batch)
+  assert not np.isfinite(float(metrics["total"])) and float(metrics["finite"]) == 0.0
+  assert int(state.skipped) == 1 and int(state.first_bad_step) == 1

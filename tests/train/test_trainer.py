@@ -179,6 +179,22 @@ def test_nonfinite_loss_stops_the_run_naming_step_terms_and_checkpoint(data_dir,
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
 
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+def test_parameters_that_overflow_are_never_saved(data_dir, tmp_path, on_nonfinite):
+  # lr 1e39 is inf in float32: step 0's gradients are finite, its update is not. Unchecked (the default), the
+  # step is kept, and the trainer stops before checkpointing the parameters, whatever the policy.
+  config = _config(erm, data_dir)
+  assert not config.train.check_updated_params
+  config.optim.lr = 1e39
+  config.train.steps, config.train.checkpoint_every, config.train.on_nonfinite = 4, 1, on_nonfinite
+  workdir = str(tmp_path / "overflow")
+  with pytest.raises(trainer.NonFiniteLossError, match="not finite after step 1 .* Last good checkpoint: none yet"):
+    trainer.train_and_evaluate(config, workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  assert not os.path.isdir(checkpoints) or not os.listdir(checkpoints)
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
 def test_nonfinite_updates_are_skipped_and_counted_when_configured(data_dir, tmp_path):
   config = _diverging_config(data_dir)
   config.train.on_nonfinite = "skip"

@@ -49,9 +49,11 @@ class Settings:
     torch_timeout_s: limit on each PyTorch child process.
     scaling_algorithm: the algorithm timed over 1, 2, 4, ... devices; scaling_per_device_batch: its per-device
       batch (0: batch / device count, so the all-device row is the algorithm table's setting).
-    variants: model implementations timed against the default one: each is `field=value` (several joined by
-      '+') overriding configs/base.py's `model` fields, e.g. 'fold_frozen_bn=false' or 'max_pool=slices'.
-    variant_algorithm: the algorithm the variants are timed with, at each of torch_batches.
+    variants: implementations timed against the default one: each is `field=value` (several joined by '+')
+      overriding configs/base.py fields, the model's when bare ('fold_frozen_bn=false', 'max_pool=slices'),
+      another section's when dotted ('train.check_updated_params=true').
+    variant_algorithm: the algorithm the variants are timed with, at each of variant_batches (default: each of
+      torch_batches).
     compile_threads: steps compiled at once, in threads (XLA compiles release Python's lock).
     loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
     data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
@@ -85,6 +87,7 @@ class Settings:
   scaling_per_device_batch: int = 0
   variants: tuple[str, ...] = ()
   variant_algorithm: str = "erm"
+  variant_batches: tuple[int, ...] = ()
   compile_threads: int = 1
   loop_algorithm: str = "boda"
   data_dir: str = ""
@@ -115,6 +118,9 @@ class Settings:
         raise ValueError(f"--{name}={getattr(self, name)!r} is not 'auto', 'on' or 'off'")
     for variant in self.variants:
       parse_variant(variant)
+    if any(int(b) < 1 for b in (*self.torch_batches, *self.variant_batches)):
+      raise ValueError(f"--torch_batches={self.torch_batches} / --variant_batches={self.variant_batches}: "
+                       "batches must be >= 1")
     for name in ("steps", "repeats", "pipeline_steps", "batch", "compile_threads"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
@@ -128,41 +134,49 @@ class Settings:
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
-                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices",
-                          "stem_space_to_depth=true"), compile_threads=8),
+                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=true",
+                          "train.check_updated_params=true"), variant_batches=(256,), compile_threads=8),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
                 torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
-                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=true")),
+                variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=true",
+                          "train.check_updated_params=true")),
     "smoke": dict(config_preset="tiny", image_size=32, stored_size=32, depth=10, dtype="float32", batch=8,
                   torch_batches=(8,), warmup=1, steps=2, repeats=1, pipeline_steps=2, synthetic_scale=0.004,
                   torch_compile="off", fast_compile=True,
-                  variants=("fold_frozen_bn=false+max_pool=window+stem_space_to_depth=true",), compile_threads=2),
+                  variants=("fold_frozen_bn=false+max_pool=window+stem_space_to_depth=true"
+                            "+train.check_updated_params=true",), compile_threads=2),
 }
 
 
 def step_label(name: str, variant: str = "") -> str:
-  """How logs and tables name a step: 'erm', or 'erm [max_pool=slices]' for a model variant."""
+  """How logs and tables name a step: 'erm', or 'erm [max_pool=slices]' for a variant."""
   return f"{name} [{variant}]" if variant else name
 
 
-def _model_fields() -> dict[str, Any]:
+def _base_config() -> dict[str, Any]:
   from configs import base  # local import: configs/ sits beside the package, on the path of every launcher
-  return base.get_config().model.to_dict()
+  return base.get_config().to_dict()
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-  """'field=value[+field=value]' -> {model field: typed value}; a bad variant raises ValueError naming it."""
-  fields = _model_fields()
+  """'field=value[+field=value]' -> {'section.field': typed value}; a bare field is the model's ('max_pool'),
+  a dotted one any section's scalar field ('train.check_updated_params'). A bad variant raises ValueError naming
+  it."""
+  config = _base_config()
   out: dict[str, Any] = {}
   for part in text.split("+"):
     name, sep, raw = part.partition("=")
     name, raw = name.strip(), raw.strip()
     if not sep or not name:
       raise ValueError(f"--variants: {text!r}: expected field=value (several joined by '+'), got {part!r}")
-    if name not in fields:
-      raise ValueError(f"--variants: {text!r}: model.{name} is not a field of configs/base.py's model "
-                       f"({sorted(fields)})")
-    default = fields[name]
+    section, _, field = name.rpartition(".")
+    section = section or "model"
+    fields = config.get(section)
+    if not isinstance(fields, dict) or not isinstance(fields.get(field), (bool, int, float, str)):
+      known = sorted(k for k, v in (fields or {}).items() if isinstance(v, (bool, int, float, str)))
+      raise ValueError(f"--variants: {text!r}: {section}.{field} is not a scalar field of configs/base.py"
+                       + (f" (its {section} has {known})" if known else ""))
+    default = fields[field]
     try:
       if isinstance(default, bool):
         if raw.lower() not in ("true", "false"):
@@ -171,8 +185,9 @@ def parse_variant(text: str) -> dict[str, Any]:
       else:
         value = type(default)(raw)
     except ValueError:
-      raise ValueError(f"--variants: {text!r}: model.{name}={raw!r} is not a {type(default).__name__}") from None
-    out[name] = value
+      raise ValueError(f"--variants: {text!r}: {section}.{field}={raw!r} is not a {type(default).__name__}") \
+          from None
+    out[f"{section}.{field}"] = value
   return out
 
 

@@ -29,7 +29,7 @@ from wbcdg_jax.stage import Stage, build_stage, init_variables
 
 
 def algorithm_config(name: str, settings: Settings, total_batch: int, variant: str = "") -> ml_collections.ConfigDict:
-  """configs/<module>.py at settings.config_preset, with the benchmark's shapes (and a model variant's fields)."""
+  """configs/<module>.py at settings.config_preset, with the benchmark's shapes (and a variant's fields)."""
   module, _ = ALGORITHMS[name]
   config = importlib.import_module(f"configs.{module}").get_config(settings.config_preset)
   num_domains = len(config.data.sources)
@@ -47,8 +47,9 @@ def algorithm_config(name: str, settings: Settings, total_batch: int, variant: s
   config.data.target = ""  # no unseen domain is read
   # Active from the first step, with seeded statistics, so the timed step is the step BoDA trains with.
   config.boda.start_step = 0
-  if variant:
-    config.model.update(parse_variant(variant))
+  for path, value in (parse_variant(variant) if variant else {}).items():
+    section, field = path.split(".")
+    config[section][field] = value
   return config
 
 
