@@ -23,8 +23,9 @@ from wbcdg_jax.sharding import batch_sharded, replicated
 from wbcdg_jax.train_state import TrainState
 
 
-def _tree_all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def tree_all_finite(tree: Any) -> jax.Array:
+  """bool scalar: every element of every leaf is finite (True for a tree without leaves)."""
+  return jax.tree.reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree, jnp.asarray(True))
 
 
 def _dann_lambda(spec: LossSpec, step: jax.Array) -> jax.Array:
@@ -142,9 +143,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   if check_updated_params:
     # A finite gradient can still overflow the parameters (a learning rate near float32's limit): check what
     # would be kept.
-    finite = finite & _tree_all_finite(params)
-    if disc is not None:
-      finite = finite & _tree_all_finite(disc_params)
+    finite = finite & tree_all_finite((params, disc_params))
   # Keep the old values wherever the step was not finite, so a NaN never reaches the state.
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(

@@ -15,7 +15,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -28,6 +27,7 @@ from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
 from wbcdg_jax.config_validation import boda_shrinkage, validate_config, validate_data
 from wbcdg_jax.experiment import ExperimentData, load_experiment_data
 from wbcdg_jax.stage import build_stage
+from wbcdg_jax.train_step import tree_all_finite
 from wbcdg_jax.train_state import TrainState, count_pairs
 
 METRICS_FILE = "metrics.json"
@@ -38,9 +38,7 @@ class NonFiniteLossError(RuntimeError):
   """A loss or gradient was NaN or infinite and config.train.on_nonfinite is 'stop', or the parameters are."""
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  return jax.tree.reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree, jnp.asarray(True))
+_all_finite = jax.jit(tree_all_finite)
 
 
 def _check_params_before_keeping(state: TrainState, done: int, ckpts) -> None:

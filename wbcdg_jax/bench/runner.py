@@ -158,7 +158,7 @@ def scaling_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict
 def variant_rows(cache: StepCache, settings: Settings, known: dict) -> list[dict[str, Any]]:
   """settings.variant_algorithm with the default model and with each variant, at each of the variant batches."""
   rows = []
-  for batch in settings.variant_batches or settings.torch_batches:
+  for batch in settings.variant_batch_list:
     keys = [StepCache.key(settings.variant_algorithm, batch, None, v) for v in ("", *settings.variants)]
     group = _rows_for(cache, settings, known, keys)
     model = algorithm_config(settings.variant_algorithm, settings, batch).model
@@ -242,7 +242,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
 
   if "variants" in settings.sections and settings.variants:
     cache.prebuild([StepCache.key(settings.variant_algorithm, b, None, v)
-                    for b in settings.variant_batches or settings.torch_batches
+                    for b in settings.variant_batch_list
                     for v in ("", *settings.variants)])
     sections["variants"] = {"rows": variant_rows(cache, settings, known)}
     done("variants")

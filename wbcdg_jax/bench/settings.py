@@ -1,8 +1,9 @@
 """What one benchmark run measures: a preset (gpu, cpu, smoke) with any field overridden.
 
 * `gpu`:   the paper's shapes: ResNet-50, 224 px (stored 256 px), bfloat16 compute, every algorithm at total batch
-           64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256, and ERM with
-           the model's other implementations of the same function (batch norm not folded, slice max pool).
+           64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256, and ERM at 256
+           with other implementations of the same step (batch norm not folded, window and slice max pools,
+           space-to-depth stem, the in-step parameter check).
 * `cpu`:   the `quick` preset's model (ResNet-10, 64 px, float32) at total batch 32; PyTorch eager only.
 * `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
            every section runs; its numbers mean nothing.
@@ -126,6 +127,11 @@ class Settings:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
     if self.stored_size < self.image_size:
       raise ValueError(f"--stored_size={self.stored_size} is smaller than --image_size={self.image_size}")
+
+  @property
+  def variant_batch_list(self) -> tuple[int, ...]:
+    """The total batches the variants are timed at: variant_batches, or else torch_batches."""
+    return self.variant_batches or self.torch_batches
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

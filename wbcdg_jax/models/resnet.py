@@ -79,17 +79,18 @@ def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None, space
   """
   kh, kw, cin, cout = kernel.shape
   ho, wo = _output_size(x.shape[1], kh, strides, padding), _output_size(x.shape[2], kw, strides, padding)
-  if kh * kw == 1 or (ho >= kh and wo >= kw):
-    if multiplier is not None:
-      kernel = kernel * multiplier
-    if space_to_depth and strides == 2 and kh * kw > 1:
-      return _conv_stride2_space_to_depth(x, kernel.astype(x.dtype), padding)
-    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (strides, strides),
-                                        ((padding, padding), (padding, padding)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
-  out = jnp.einsum("bhwk,ko->bhwo", patches, kernel.astype(x.dtype).reshape(kh * kw * cin, cout))
-  return out if multiplier is None else out * multiplier.astype(out.dtype)
+  patches_path = kh * kw > 1 and (ho < kh or wo < kw)
+  if multiplier is not None and not patches_path:
+    kernel = kernel * multiplier
+  kernel = kernel.astype(x.dtype)
+  if patches_path:
+    patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
+    out = jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * cin, cout))
+    return out if multiplier is None else out * multiplier.astype(out.dtype)
+  if space_to_depth and strides == 2 and kh * kw > 1:
+    return _conv_stride2_space_to_depth(x, kernel, padding)
+  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding), (padding, padding)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _conv_stride2_space_to_depth(x, kernel, padding: int):
