@@ -41,7 +41,8 @@ _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("scaling_per_device_batch", "Per-device batch of the scaling rows (0: batch / devices)."),
     ("num_workers", "grain worker processes."), ("num_threads", "grain reading threads."),
     ("prefetch", "grain read-ahead batches (>= num_threads)."), ("seed", "Seed."),
-    ("compile_threads", "Steps compiled at once."))}
+    ("compile_threads", "Steps compiled at once."),
+    ("profile_batch", "Total batch traced with --profile_dir (0: --batch)."))}
 _STRINGS = {name: flags.DEFINE_string(name, None, help_) for name, help_ in (
     ("dtype", "Compute dtype: bfloat16 or float32."), ("torch", "auto | on | off."),
     ("torch_compile", "auto (CUDA only) | on | off."), ("scaling_algorithm", "Algorithm of the scaling rows."),
@@ -52,12 +53,15 @@ _STRINGS = {name: flags.DEFINE_string(name, None, help_) for name, help_ in (
     ("variant_algorithm", "Algorithm the --variants are timed with."))}
 _SCALE = flags.DEFINE_float("synthetic_scale", None, "Fraction of the real dataset sizes generated.")
 _FAST_COMPILE = flags.DEFINE_bool("fast_compile", None, "Compile with XLA backend optimisations off.")
+_COMPILE_AHEAD = flags.DEFINE_bool("compile_ahead", None, "Compile every section's steps in one round before "
+                                   "timing any (shorter; a run stopped while compiling keeps nothing).")
 
 
 def settings_from_flags() -> settings_lib.Settings:
   overrides = {name: flag.value for name, flag in {**_INTS, **_STRINGS}.items()}
   overrides["synthetic_scale"] = _SCALE.value
   overrides["fast_compile"] = _FAST_COMPILE.value
+  overrides["compile_ahead"] = _COMPILE_AHEAD.value
   if _ALGORITHMS.value is not None:
     overrides["algorithms"] = (tuple(settings_lib.ALGORITHMS) if _ALGORITHMS.value == ["all"]
                                else tuple(_ALGORITHMS.value))

@@ -8,6 +8,8 @@
 #
 # PART (times seen on one H100, 2026-11-26: a ResNet-50 step compiles in ~130 s at total batch 64 and ~30 s at
 # 256, also 4-8 at a time in threads; a warm cache loads one in ~3 s):
+#   full   everything in one process (the whole table in one run, for one call of up to 10 min), a profile of
+#          BoDA at 256                                                                     (~8-9 min)
 #   flags  ERM at batch 64 compiled with an empty autotune cache, again in a new process with the cache it wrote,
 #          then with Triton GEMMs off (or FLAGS_TRY): is autotuning the ~130 s, does a kept cache remove it? (4-8 min)
 #   steps  every algorithm's step at batch 64, and a profile of BoDA's                      (~4 min)
@@ -56,6 +58,16 @@ bench() {  # bench NAME ARGS...: one benchmark process, its JSON and log under $
     | grep -v "it/s\]\|examples/s\]" | tee "$OUT/$name.log"
 }
 
+profile_files() {  # the BoDA trace, its optimized HLO and two summaries (by HLO op kind, by instruction) -> $OUT
+  local trace
+  trace=$(find /tmp/wbcdg_profile -name '*.xplane.pb' 2>/dev/null | head -1)
+  [ -n "$trace" ] || return 0
+  gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"
+  gzip -c /tmp/wbcdg_profile/boda_step.hlo.txt > "$OUT/boda_step.hlo.txt.gz" 2>/dev/null
+  { "$PY" launch/profile_summary.py --trace="$trace" --top=40
+    "$PY" launch/profile_summary.py --trace="$trace" --top=40 --by_instruction; } 2>&1 | tee "$OUT/profile_boda.txt"
+}
+
 case "$PART" in
   flags)
     # Is autotuning why batch 64 compiles in ~130 s (ERM at 64: 4,891 img/s with the default flags)? No JAX
@@ -71,13 +83,18 @@ case "$PART" in
   steps)
     rm -rf /tmp/wbcdg_profile
     bench steps --sections=steps --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
-    trace=$(find /tmp/wbcdg_profile -name '*.xplane.pb' 2>/dev/null | head -1)
-    if [ -n "$trace" ]; then
-      gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"
-      gzip -c /tmp/wbcdg_profile/boda_step.hlo.txt > "$OUT/boda_step.hlo.txt.gz" 2>/dev/null
-      { "$PY" launch/profile_summary.py --trace="$trace" --top=40
-        "$PY" launch/profile_summary.py --trace="$trace" --top=40 --by_instruction; } 2>&1 \
-        | tee "$OUT/profile_boda.txt"
+    profile_files ;;
+  full)
+    rm -rf /tmp/wbcdg_profile
+    LIMIT=${FULL_LIMIT:-540} bench full --num_workers="${NUM_WORKERS:-12}" --torch_timeout_s="${TORCH_LIMIT:-200}" \
+      --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
+    profile_files
+    # With the time left of a 10-minute call: does the autotune cache the run just wrote remove most of the ~130 s
+    # that ERM at batch 64 takes to compile? (a new process, no JAX compilation cache; log only, 8 files come back)
+    left=$(( ${CALL_LIMIT:-585} - SECONDS ))
+    if [ "$left" -gt 45 ]; then
+      timeout "$left" "$PY" launch/benchmark.py $BENCH_ARGS --sections=steps --algorithms=erm --compile_ahead=false \
+        --json=/tmp/autotune_warm.json 2>&1 | grep -v "it/s\]" | tee "$OUT/autotune_warm.log"
     fi ;;
   torch)
     bench torch --sections=torch,variants --torch_timeout_s="${TORCH_LIMIT:-200}" \
@@ -89,5 +106,5 @@ case "$PART" in
     JAX_DEFAULT_MATMUL_PRECISION=float32 timeout "${TEST_LIMIT:-150}" "$PY" -m pytest -q -x -p no:cacheprovider \
       tests/models/test_resnet.py tests/train/test_train_step.py -k "not sharded" 2>&1 | tail -8 \
       | tee "$OUT/gpu_tests.txt" ;;
-  *) echo "usage: $0 flags|steps|torch|rest" >&2; exit 2 ;;
+  *) echo "usage: $0 flags|steps|torch|rest|full" >&2; exit 2 ;;
 esac

@@ -122,12 +122,32 @@ def test_merge_results_of_runs_in_parts():
     report.merge_results([("a.json", first), ("b.json", _result("A100", []))])
 
 
-def test_variants_run_at_their_own_batches():
+def test_variants_run_at_their_own_batches_compiled_ahead():
   settings = settings_lib.make_settings("smoke", sections=("variants",), variants=("train.check_updated_params=true",),
-                                        variant_batches=(4,))
-  rows = runner.run_benchmark(settings, log=lambda message: None)["sections"]["variants"]["rows"]
+                                        variant_batches=(4,), compile_ahead=True)
+  logged = []
+  result = runner.run_benchmark(settings, log=logged.append)
+  rows = result["sections"]["variants"]["rows"]
   assert [(r["model_variant"], r["batch"]) for r in rows] == [("", 4), ("train.check_updated_params=true", 4)]
   assert all(r["finite"] and _positive(r["images_per_s"]) for r in rows)
+  # Both compiled in the one round ahead of the timing, and only there.
+  assert sum(line.startswith("compiling") for line in logged) == 2
+  assert any(line.startswith("compiled 2 steps in") for line in logged)
+  assert _positive(result["meta"]["compile_ahead_s"])
+
+
+def test_steps_to_compile_covers_every_section_once_small_batches_first():
+  settings = settings_lib.make_settings("gpu", profile_dir="/tmp/unused")
+  assert settings.compile_ahead and settings.profile_batch == 256
+  keys = runner.steps_to_compile(settings)
+  assert len(keys) == len(set(keys))
+  assert [k[1] for k in keys] == sorted(k[1] for k in keys)  # batch 64 (the slow compiles) first
+  at_64 = {(name, variant) for name, batch, _, variant in keys if batch == 64}
+  at_256 = {(name, variant) for name, batch, _, variant in keys if batch == 256}
+  assert at_64 == {(name, "") for name in settings_lib.ALGORITHMS}
+  assert at_256 == {("erm", ""), ("boda", ""), *{("erm", v) for v in settings.variants}}
+  only_steps = runner.steps_to_compile(settings_lib.make_settings("gpu", sections=("steps",)))
+  assert {(k[0], k[1]) for k in only_steps} == {(name, 64) for name in settings_lib.ALGORITHMS}
 
 
 def test_settings_errors_name_the_flag():
@@ -138,6 +158,8 @@ def test_settings_errors_name_the_flag():
   settings = settings_lib.make_settings("gpu", batch=None)  # None keeps the preset's value
   assert settings.batch == 64 and settings.torch_batches == (64, 256) and settings.dtype == "bfloat16"
   assert settings.variant_batches == (256,)  # variants at 256 only: at 64 a ResNet-50 step compiles 4x longer
+  with pytest.raises(ValueError, match=r"--profile_batch=-1 must be >= 0"):
+    settings_lib.make_settings("smoke", profile_batch=-1)
   with pytest.raises(ValueError, match="batches must be >= 1"):
     settings_lib.make_settings("smoke", variant_batches=(0,))
   with pytest.raises(ValueError, match=r"model.max_pol is not a scalar field .*'max_pool'"):

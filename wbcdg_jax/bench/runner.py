@@ -180,6 +180,29 @@ def _log_rows(log: Callable[[str], None], section: str, rows: list[dict[str, Any
           f"{row['step_ms']:.2f} ms")
 
 
+def steps_to_compile(settings: Settings) -> list[tuple]:
+  """The StepCache keys of every step settings.sections will time (and profile), slowest to compile first."""
+  keys = []
+  if "steps" in settings.sections:
+    keys += [StepCache.key(name, settings.batch) for name in settings.algorithms]
+  if "torch" in settings.sections:
+    keys += [StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")]
+  if "variants" in settings.sections:
+    keys += [StepCache.key(settings.variant_algorithm, b, None, v)
+             for b in settings.variant_batch_list for v in ("", *settings.variants)]
+  if settings.profile_dir:
+    keys.append(StepCache.key(settings.profile_algorithm, settings.profile_batch or settings.batch))
+  if {"refresh", "pipeline"} & set(settings.sections):
+    keys.append(StepCache.key(settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda",
+                              settings.batch))
+  if "pipeline" in settings.sections:
+    keys += [StepCache.key(settings.loop_algorithm, b) for b in {settings.batch, *settings.torch_batches}]
+  if "scaling" in settings.sections and jax.process_count() == 1:
+    keys += _scaling_keys(settings)[0]
+  # Small batches compile slowest (on one H100: ~130 s at total batch 64, ~30 s at 256), so they start first.
+  return sorted(dict.fromkeys(keys), key=lambda key: key[1])
+
+
 def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
                   on_section: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
   """Runs settings.sections and returns {'meta', 'settings', 'sections': {name: {'rows': [...]}}, 'targets'}.
@@ -215,7 +238,13 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
 
   known: dict[tuple, dict[str, Any]] = {}  # rows already measured, by StepCache key
   # Each section compiles its steps together (settings.compile_threads at a time), then times them, so that a
-  # run stopped by a time limit keeps the sections it finished.
+  # run stopped by a time limit keeps the sections it finished; compile_ahead compiles them all in one round.
+  if settings.compile_ahead:
+    t0, keys = time.perf_counter(), steps_to_compile(settings)
+    cache.prebuild(keys)
+    result["meta"]["compile_ahead_s"] = time.perf_counter() - t0
+    log(f"compiled {len(keys)} steps in {result['meta']['compile_ahead_s']:.1f} s "
+        f"({settings.compile_threads} at a time)")
   if "steps" in settings.sections:
     cache.prebuild([StepCache.key(name, settings.batch) for name in settings.algorithms])
     rows = time_steps([cache.get(name, settings.batch) for name in settings.algorithms], settings)
@@ -248,8 +277,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     done("variants")
 
   if settings.profile_dir:
-    built = cache.get(settings.profile_algorithm, settings.batch)
-    log(f"profiling {settings.profile_algorithm} into {settings.profile_dir}")
+    built = cache.get(settings.profile_algorithm, settings.profile_batch or settings.batch)
+    log(f"profiling {settings.profile_algorithm} at total batch {built.total_batch} into {settings.profile_dir}")
     with jax.profiler.trace(settings.profile_dir):
       jax.block_until_ready(built.run(3))
     # The optimized HLO, where the instructions of `profile_summary --by_instruction` are looked up.

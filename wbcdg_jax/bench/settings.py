@@ -3,7 +3,7 @@
 * `gpu`:   the paper's shapes: ResNet-50, 224 px (stored 256 px), bfloat16 compute, every algorithm at total batch
            64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256, and ERM at 256
            with other implementations of the same step (batch norm not folded, window and slice max pools,
-           space-to-depth stem, the in-step parameter check).
+           space-to-depth stem, the in-step parameter check); --profile_dir traces BoDA at 256.
 * `cpu`:   the `quick` preset's model (ResNet-10, 64 px, float32) at total batch 32; PyTorch eager only.
 * `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
            every section runs; its numbers mean nothing.
@@ -56,6 +56,8 @@ class Settings:
     variant_algorithm: the algorithm the variants are timed with, at each of variant_batches (default: each of
       torch_batches).
     compile_threads: steps compiled at once, in threads (XLA compiles release Python's lock).
+    compile_ahead: compile every section's steps in one round before timing any (more compiles overlap, so the
+      run is shorter; a run stopped while compiling keeps nothing), instead of each section's before its timing.
     loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
     data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
     synthetic_scale: fraction of the real dataset sizes generated.
@@ -63,7 +65,8 @@ class Settings:
       the trainer's; raise them to find the pipeline's limit, keeping prefetch >= num_threads).
     fast_compile: compile with XLA's backend optimisations off (the smoke: faster compiles, slower steps).
     compilation_cache_dir: JAX persistent compilation cache ('' = off; reported compile times are then loads).
-    profile_dir: if set, a jax.profiler trace of a few steps of `profile_algorithm` is written there.
+    profile_dir: if set, a jax.profiler trace of a few steps of `profile_algorithm` at total batch
+      `profile_batch` (0: `batch`) is written there.
     seed: PRNG seed of the synthetic batches and models.
   """
 
@@ -90,6 +93,7 @@ class Settings:
   variant_algorithm: str = "erm"
   variant_batches: tuple[int, ...] = ()
   compile_threads: int = 1
+  compile_ahead: bool = False
   loop_algorithm: str = "boda"
   data_dir: str = ""
   synthetic_scale: float = 0.02
@@ -100,6 +104,7 @@ class Settings:
   compilation_cache_dir: str = ""
   profile_dir: str = ""
   profile_algorithm: str = "boda"
+  profile_batch: int = 0
   seed: int = 0
 
   def validate(self) -> None:
@@ -122,6 +127,8 @@ class Settings:
     if any(int(b) < 1 for b in (*self.torch_batches, *self.variant_batches)):
       raise ValueError(f"--torch_batches={self.torch_batches} / --variant_batches={self.variant_batches}: "
                        "batches must be >= 1")
+    if self.profile_batch < 0:
+      raise ValueError(f"--profile_batch={self.profile_batch} must be >= 0 (0: --batch)")
     for name in ("steps", "repeats", "pipeline_steps", "batch", "compile_threads"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
@@ -141,7 +148,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
                 variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=true",
-                          "train.check_updated_params=true"), variant_batches=(256,), compile_threads=8),
+                          "train.check_updated_params=true"), variant_batches=(256,), compile_threads=8,
+                compile_ahead=True, profile_batch=256),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
                 torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
                 variants=("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=true",
