@@ -57,7 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   # How the same function is computed (speed only; see wbcdg_jax/models/resnet.py and launch/benchmark.py):
   c.model.fold_frozen_bn = True  # frozen batch norm folded into its convolution: conv(x, W * m) + t
   c.model.max_pool = "taps"  # the stem's max pool: 'taps', 'window' or 'slices' (one function; models/resnet.py)
-  c.model.stem_space_to_depth = False  # the stem's 7x7 stride-2 conv as a 4x4 conv over 2x2 pixel blocks
+  # The stem's 7x7 stride-2 conv as a 4x4 conv over 2x2 pixel blocks: on one H100 1.08x (batch 64) and 1.05x
+  # (256) faster steps, and a batch-64 step compiles in ~25 s instead of ~115 s; about 1.0x on a CPU.
+  c.model.stem_space_to_depth = True
+  c.model.relu_grad_from_output = True  # ReLU derivative from its output: lets cuDNN fuse conv + bias + ReLU
 
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""  # converted ImageNet weights (launch/convert_weights.py); '' = random init (warned)

@@ -204,7 +204,10 @@ _LUMA = (0.2989, 0.587, 0.114)  # rec601, torchvision's rgb_to_grayscale weights
 
 def _gray(img: jax.Array) -> jax.Array:
   """[H,W,3] -> [H,W,1] rec601 luma."""
-  return jnp.tensordot(img, jnp.asarray(_LUMA, img.dtype), axes=1)[..., None]
+  # Elementwise, not a dot with a 3-vector: XLA:GPU made that a matrix multiply with one output column (2% of a
+  # ResNet-50 step at batch 256 on an H100), where multiply-adds fuse into the neighbouring color ops.
+  r, g, b = (img[..., c:c + 1] for c in range(3))
+  return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
 
 
 def _factor(key: jax.Array, strength: float) -> jax.Array:

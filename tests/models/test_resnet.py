@@ -162,8 +162,9 @@ def test_conv2d_space_to_depth_is_the_stride_2_convolution(size, kernel, padding
 
 def test_stem_space_to_depth_is_the_same_model():
   x = jax.random.normal(jax.random.key(0), (2, 35, 32, 3))
-  default = Classifier(num_classes=13, depth=10)
+  default = Classifier(num_classes=13, depth=10, stem_space_to_depth=False)  # the plain stride-2 convolution
   blocks = Classifier(num_classes=13, depth=10, stem_space_to_depth=True)
+  assert Classifier(num_classes=13).stem_space_to_depth  # the default (faster on an H100)
   variables = _perturbed_statistics(default.init(jax.random.key(1), x))
   assert jax.tree.map(jnp.shape, blocks.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
 
@@ -174,6 +175,49 @@ def test_stem_space_to_depth_is_the_same_model():
   np.testing.assert_allclose(blocks.apply(variables, x)[0], default.apply(variables, x)[0], rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                jax.grad(loss)(variables, blocks)["params"], jax.grad(loss)(variables, default)["params"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_relu_grad_from_output_is_relu(dtype):
+  x = jnp.asarray([-2.0, -0.0, 0.0, 1e-3, 3.0, jnp.nan, -jnp.inf, jnp.inf], dtype)
+  relu = resnet.relu_grad_from_output
+  np.testing.assert_array_equal(np.asarray(relu(x), np.float32), np.asarray(jax.nn.relu(x), np.float32))
+  t = jnp.arange(1, 9, dtype=dtype)
+  grad = jax.grad(lambda u: jnp.sum(relu(u) * t))(x)
+  expected = jax.grad(lambda u: jnp.sum(jax.nn.relu(u) * t))(x)  # 0 at 0 and at NaN, like jax.nn.relu
+  np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(expected, np.float32))
+  assert grad.dtype == dtype
+  # Forward mode and vmap work too (custom_jvp, not custom_vjp).
+  _, tangent = jax.jvp(relu, (x,), (t,))
+  np.testing.assert_array_equal(np.asarray(tangent, np.float32), np.asarray(expected, np.float32))
+  per_row = jax.vmap(jax.grad(lambda u: relu(u) * 2.0))(x[:5].astype(jnp.float32))
+  np.testing.assert_array_equal(per_row, [0.0, 0.0, 0.0, 2.0, 2.0])
+
+
+def test_relu_grad_from_output_is_the_same_model():
+  x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))
+  default = Classifier(num_classes=13, depth=10)
+  assert default.relu_grad_from_output
+  plain = Classifier(num_classes=13, depth=10, relu_grad_from_output=False)  # jax.nn.relu
+  variables = _perturbed_statistics(default.init(jax.random.key(1), x))
+
+  def loss(v, model):
+    z, logits = model.apply(v, x)
+    return jnp.sum(jnp.sin(z)) + jnp.sum(logits)
+
+  np.testing.assert_array_equal(default.apply(variables, x)[0], plain.apply(variables, x)[0])
+  jax.tree.map(np.testing.assert_array_equal, jax.grad(loss)(variables, default)["params"],
+               jax.grad(loss)(variables, plain)["params"])
+
+
+def test_max_pool_taps_sends_no_gradient_from_a_nan_window():
+  x = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1).at[0, 0, 0, 0].set(jnp.nan)
+  y, vjp = jax.vjp(lambda u: resnet._max_pool_3x3_s2(u, "taps"), x)
+  dx = vjp(jnp.ones_like(y))[0]
+  assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(np.asarray(dx)).all()
+  assert float(dx[0, 0, 0, 0]) == 0.0  # the NaN window's output sends its gradient nowhere
+  np.testing.assert_array_equal(dx[1], jax.vjp(lambda u: resnet._max_pool_3x3_s2(u, "window"), x)[1](
+      jnp.ones_like(y))[0][1])
 
 
 @pytest.mark.parametrize("impl", ["taps", "slices"])

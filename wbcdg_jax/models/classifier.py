@@ -43,7 +43,7 @@ class Head(nn.Module):
 
 
 # Classifier fields that choose how the same function is computed (speed only, same variables and outputs).
-IMPLEMENTATION_FIELDS = ("fold_frozen_bn", "max_pool", "stem_space_to_depth")
+IMPLEMENTATION_FIELDS = ("fold_frozen_bn", "max_pool", "stem_space_to_depth", "relu_grad_from_output")
 
 
 class Classifier(nn.Module):
@@ -61,12 +61,14 @@ class Classifier(nn.Module):
   dropout: float = 0.0
   fold_frozen_bn: bool = True
   max_pool: str = "taps"
-  stem_space_to_depth: bool = False
+  stem_space_to_depth: bool = True
+  relu_grad_from_output: bool = True
 
   def setup(self):
     self.encoder = ResNetEncoder(depth=self.depth, bn_mode=self.bn_mode, dtype=self.dtype,
                                  fold_frozen_bn=self.fold_frozen_bn, max_pool=self.max_pool,
-                                 stem_space_to_depth=self.stem_space_to_depth)
+                                 stem_space_to_depth=self.stem_space_to_depth,
+                                 relu_grad_from_output=self.relu_grad_from_output)
     self.classifier_head = Head(self.num_classes, kind=self.head, mlp_width=self.mlp_width, dropout=self.dropout,
                                 name="head")
 
