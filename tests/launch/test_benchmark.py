@@ -148,6 +148,10 @@ def test_steps_to_compile_covers_every_section_once_small_batches_first():
   assert at_256 == {("erm", ""), ("boda", ""), *{("erm", v) for v in settings.variants}}
   only_steps = runner.steps_to_compile(settings_lib.make_settings("gpu", sections=("steps",)))
   assert {(k[0], k[1]) for k in only_steps} == {(name, 64) for name in settings_lib.ALGORITHMS}
+  # Only what the chosen sections time: the pipeline's loop step at its batches, no refresh or variant steps.
+  only_pipeline = runner.steps_to_compile(settings_lib.make_settings("gpu", sections=("pipeline", "variants"),
+                                                                     variants=()))
+  assert [(k[0], k[1]) for k in only_pipeline] == [("boda", 64), ("boda", 256)]
 
 
 def test_settings_errors_name_the_flag():

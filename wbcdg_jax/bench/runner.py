@@ -180,27 +180,35 @@ def _log_rows(log: Callable[[str], None], section: str, rows: list[dict[str, Any
           f"{row['step_ms']:.2f} ms")
 
 
+def section_steps(settings: Settings) -> dict[str, list[tuple]]:
+  """The StepCache keys of the steps each of settings.sections times (and 'profile': the one traced), by section."""
+  sections = set(settings.sections)
+  keys: dict[str, list[tuple]] = {}
+  if "steps" in sections:
+    keys["steps"] = [StepCache.key(name, settings.batch) for name in settings.algorithms]
+  if "torch" in sections:
+    keys["torch"] = [StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")]
+  if "variants" in sections and settings.variants:
+    keys["variants"] = [StepCache.key(settings.variant_algorithm, b, None, v)
+                        for b in settings.variant_batch_list for v in ("", *settings.variants)]
+  if settings.profile_dir:
+    keys["profile"] = [StepCache.key(settings.profile_algorithm, settings.profile_batch or settings.batch)]
+  if "refresh" in sections:  # the loop algorithm's BoDA statistics, or plain BoDA's
+    name = settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda"
+    keys["refresh"] = [StepCache.key(name, settings.batch)]
+  if "pipeline" in sections:
+    keys["pipeline"] = [StepCache.key(settings.loop_algorithm, b) for b in sorted({settings.batch,
+                                                                                   *settings.torch_batches})]
+  if "scaling" in sections and jax.process_count() == 1:
+    keys["scaling"] = _scaling_keys(settings)[0]
+  return keys
+
+
 def steps_to_compile(settings: Settings) -> list[tuple]:
   """The StepCache keys of every step settings.sections will time (and profile), slowest to compile first."""
-  keys = []
-  if "steps" in settings.sections:
-    keys += [StepCache.key(name, settings.batch) for name in settings.algorithms]
-  if "torch" in settings.sections:
-    keys += [StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")]
-  if "variants" in settings.sections:
-    keys += [StepCache.key(settings.variant_algorithm, b, None, v)
-             for b in settings.variant_batch_list for v in ("", *settings.variants)]
-  if settings.profile_dir:
-    keys.append(StepCache.key(settings.profile_algorithm, settings.profile_batch or settings.batch))
-  if {"refresh", "pipeline"} & set(settings.sections):
-    keys.append(StepCache.key(settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda",
-                              settings.batch))
-  if "pipeline" in settings.sections:
-    keys += [StepCache.key(settings.loop_algorithm, b) for b in {settings.batch, *settings.torch_batches}]
-  if "scaling" in settings.sections and jax.process_count() == 1:
-    keys += _scaling_keys(settings)[0]
+  keys = dict.fromkeys(key for section in section_steps(settings).values() for key in section)
   # Small batches compile slowest (one H100, plain 7x7 stem: ~130 s at total batch 64, ~30 s at 256): first.
-  return sorted(dict.fromkeys(keys), key=lambda key: key[1])
+  return sorted(keys, key=lambda key: key[1])
 
 
 def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
@@ -236,6 +244,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
   if "torch" in settings.sections and on_section is not None:
     on_section(result)  # the PyTorch rows are kept even if the JAX compiles below run out of time
 
+  steps = section_steps(settings)
   known: dict[tuple, dict[str, Any]] = {}  # rows already measured, by StepCache key
   # Each section compiles its steps together (settings.compile_threads at a time), then times them, so that a
   # run stopped by a time limit keeps the sections it finished; compile_ahead compiles them all in one round.
@@ -245,9 +254,9 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     result["meta"]["compile_ahead_s"] = time.perf_counter() - t0
     log(f"compiled {len(keys)} steps in {result['meta']['compile_ahead_s']:.1f} s "
         f"({settings.compile_threads} at a time)")
-  if "steps" in settings.sections:
-    cache.prebuild([StepCache.key(name, settings.batch) for name in settings.algorithms])
-    rows = time_steps([cache.get(name, settings.batch) for name in settings.algorithms], settings)
+  if "steps" in steps:
+    cache.prebuild(steps["steps"])
+    rows = time_steps([cache.get(*key) for key in steps["steps"]], settings)
     erm = next((r for r in rows if r["name"] == "erm"), None)
     for row in rows:
       known[StepCache.key(row["name"], row["batch"], row["devices"])] = row
@@ -261,7 +270,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
 
   if "torch" in settings.sections:
     jax_rows = []
-    cache.prebuild([StepCache.key(name, b) for b in settings.torch_batches for name in ("erm", "boda")])
+    cache.prebuild(steps["torch"])
     for batch in settings.torch_batches:
       for row in _rows_for(cache, settings, known, [StepCache.key(name, batch) for name in ("erm", "boda")]):
         row.pop("ratio", None)
@@ -269,15 +278,13 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     compare_with_torch(sections["torch"], jax_rows)
     done("torch")
 
-  if "variants" in settings.sections and settings.variants:
-    cache.prebuild([StepCache.key(settings.variant_algorithm, b, None, v)
-                    for b in settings.variant_batch_list
-                    for v in ("", *settings.variants)])
+  if "variants" in steps:
+    cache.prebuild(steps["variants"])
     sections["variants"] = {"rows": variant_rows(cache, settings, known)}
     done("variants")
 
-  if settings.profile_dir:
-    built = cache.get(settings.profile_algorithm, settings.profile_batch or settings.batch)
+  if "profile" in steps:
+    built = cache.get(*steps["profile"][0])
     log(f"profiling {settings.profile_algorithm} at total batch {built.total_batch} into {settings.profile_dir}")
     with jax.profiler.trace(settings.profile_dir):
       jax.block_until_ready(built.run(3))
@@ -291,24 +298,21 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     with tempfile.TemporaryDirectory(prefix="wbcdg_bench_") as tmp:
       data_dir = settings.data_dir or tmp
       log(f"synthetic domains in {data_dir}")
-      if "refresh" in settings.sections:
-        name = settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda"
-        built = cache.get(name, settings.batch)
+      if "refresh" in steps:
+        built = cache.get(*steps["refresh"][0])
         sections["refresh"] = {"rows": inputs.time_refresh(built, inputs.experiment_data(built, data_dir), settings)}
         done("refresh")
-      if "pipeline" in settings.sections:
-        batches = sorted({settings.batch, *settings.torch_batches})
-        cache.prebuild([StepCache.key(settings.loop_algorithm, b) for b in batches])
+      if "pipeline" in steps:
+        cache.prebuild(steps["pipeline"])
         rows = []
-        for batch in batches:
-          built = cache.get(settings.loop_algorithm, batch)
+        for key in steps["pipeline"]:
+          built = cache.get(*key)
           rows += inputs.time_pipeline(built, inputs.experiment_data(built, data_dir), settings)
         sections["pipeline"] = {"rows": rows}
         done("pipeline")
 
   if "scaling" in settings.sections:
-    if jax.process_count() == 1:
-      cache.prebuild(_scaling_keys(settings)[0])
+    cache.prebuild(steps.get("scaling", []))  # none in a multi-process run, whose scaling rows are skipped
     sections["scaling"] = {"rows": scaling_rows(cache, settings, known)}
     done("scaling")
 
