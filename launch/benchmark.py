@@ -117,6 +117,9 @@ def main(argv):
         f"flax {meta['versions']['flax']}; preset {used['preset']}: {used['depth']}-layer ResNet, "
         f"{used['image_size']} px, {used['dtype']}\n")
   print(report.format_table(result))
+  profile = report.format_profile(result)
+  if profile:
+    print("\n" + profile)
   targets = report.format_targets(result)
   if targets:
     print("\nTargets (issue 7; meant for one H100 at the gpu preset):\n" + targets)

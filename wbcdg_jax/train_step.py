@@ -55,10 +55,22 @@ def _forward(model: nn.Module, params: Any, batch_stats: Any, images: jax.Array,
 
 def _loss_terms(params, disc_params, state: TrainState, batch: dict, images: jax.Array, keys, *, model,
                 disc, spec: LossSpec, bn_train: bool):
-  """Total loss and its parts; the auxiliary output also carries the new batch statistics."""
+  """Total loss and its parts; the auxiliary output also carries the new batch statistics.
+
+  The named scopes ('model', 'losses', and the train step's 'augment', 'optimizer', 'keep_or_drop') label the
+  compiled instructions, so that a profile splits the step's time by part (`bench/profile_summary.py`).
+  """
+  with jax.named_scope("model"):
+    z, logits, new_batch_stats = _forward(model, params, state.batch_stats, images, spec=spec,
+                                          bn_train=bn_train, dropout_key=keys["dropout"])
+  with jax.named_scope("losses"):
+    total, parts = _losses(z, logits, disc_params, state, batch, keys, disc=disc, spec=spec)
+  return total, (parts, new_batch_stats)
+
+
+def _losses(z, logits, disc_params, state: TrainState, batch: dict, keys, *, disc, spec: LossSpec):
+  """The total loss of features z [B, D] and logits [B, C], and its parts (with the accuracy)."""
   labels, domains, mask = batch["label"], batch["domain"], batch["mask"]
-  z, logits, new_batch_stats = _forward(model, params, state.batch_stats, images, spec=spec,
-                                        bn_train=bn_train, dropout_key=keys["dropout"])
   parts = {"ce": losses.cross_entropy(logits, labels, mask=mask, domains=domains, num_domains=spec.num_domains)}
   total = parts["ce"]
   if spec.coral_weight:
@@ -91,7 +103,7 @@ def _loss_terms(params, disc_params, state: TrainState, batch: dict, images: jax
   parts["total"] = total
   correct = (jnp.argmax(logits, -1) == labels) & mask
   parts["accuracy"] = jnp.sum(correct) / jnp.maximum(jnp.sum(mask), 1)
-  return total, (parts, new_batch_stats)
+  return total, parts
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx: optax.GradientTransformation,
@@ -122,44 +134,49 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   """
   key = jax.random.fold_in(base_key, state.step)
   aug_key, dropout_key, disc_key = jax.random.split(key, 3)
-  images = augment.augment_batch(batch["image"], aug_key, out_size=image_size, options=augment_options)
+  with jax.named_scope("augment"):
+    images = augment.augment_batch(batch["image"], aug_key, out_size=image_size, options=augment_options)
   keys = {"dropout": dropout_key, "disc_dropout": disc_key}
   loss_fn = functools.partial(_loss_terms, state=state, batch=batch, images=images, keys=keys, model=model,
                               disc=disc, spec=spec, bn_train=bn_train)
   grads, (parts, new_batch_stats) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params,
                                                                                      state.disc_params)
   grad_params, grad_disc = grads
-  # A finite norm means every gradient is finite and no square of one overflows (which would make Adam's second
-  # moment inf and freeze those weights); the norm is a metric anyway, so this check reads no extra memory.
-  grad_norm = optax.global_norm(grad_params)
-  finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grad_params, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
-  if disc is not None:
-    finite = finite & jnp.isfinite(optax.global_norm(grad_disc))
-    disc_updates, disc_opt_state = disc_tx.update(grad_disc, state.disc_opt_state, state.disc_params)
-    disc_params = optax.apply_updates(state.disc_params, disc_updates)
-  if check_updated_params:
-    # A finite gradient can still overflow the parameters (a learning rate near float32's limit): check what
-    # would be kept.
-    finite = finite & tree_all_finite((params, disc_params))
-  # Keep the old values wherever the step was not finite, so a NaN never reaches the state.
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(
-      step=state.step + 1,
-      params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state),
-      batch_stats=keep(new_batch_stats, state.batch_stats),
-      disc_params=keep(disc_params, state.disc_params),
-      disc_opt_state=keep(disc_opt_state, state.disc_opt_state),
-      skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
-      first_bad_step=jnp.where(finite | (state.first_bad_step >= 0), state.first_bad_step, state.step),
-  )
+  with jax.named_scope("optimizer"):
+    # A finite norm means every gradient is finite and no square of one overflows (which would make Adam's second
+    # moment inf and freeze those weights); the norm is a metric anyway, so this check reads no extra memory.
+    grad_norm = optax.global_norm(grad_params)
+    finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grad_params, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+    if disc is not None:
+      finite = finite & jnp.isfinite(optax.global_norm(grad_disc))
+      disc_updates, disc_opt_state = disc_tx.update(grad_disc, state.disc_opt_state, state.disc_params)
+      disc_params = optax.apply_updates(state.disc_params, disc_updates)
+  with jax.named_scope("keep_or_drop"):
+    if check_updated_params:
+      # A finite gradient can still overflow the parameters (a learning rate near float32's limit): check what
+      # would be kept.
+      finite = finite & tree_all_finite((params, disc_params))
+    new_state = _keep_or_drop(state, finite, params=params, opt_state=opt_state, batch_stats=new_batch_stats,
+                              disc_params=disc_params, disc_opt_state=disc_opt_state)
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in parts.items()}
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite.astype(jnp.float32)
   return new_state, metrics
+
+
+def _keep_or_drop(state: TrainState, finite: jax.Array, **new) -> TrainState:
+  """The next state: the new values where the step was finite, else the old ones (so a NaN never reaches the
+  state), with the step, skip count and first bad step advanced."""
+  keep = lambda name: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new[name], getattr(state, name))
+  return state.replace(
+      step=state.step + 1,
+      **{name: keep(name) for name in new},
+      skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+      first_bad_step=jnp.where(finite | (state.first_bad_step >= 0), state.first_bad_step, state.step),
+  )
 
 
 def compile_train_step(mesh: jax.sharding.Mesh, **static_kwargs):

@@ -44,14 +44,16 @@ bench() {  # bench NAME ARGS...: one benchmark process, its JSON and log under $
     | grep -v "it/s\]\|examples/s\]\|splits/s\]" | tee "$OUT/$name.log"
 }
 
-profile_files() {  # the BoDA trace, its optimized HLO and two summaries (by HLO op kind, by instruction) -> $OUT
-  local trace
+profile_files() {  # the BoDA trace, its optimized HLO and three summaries (by part of the step, by HLO op kind,
+  # by instruction) -> $OUT
+  local trace hlo=/tmp/wbcdg_profile/boda_step.hlo.txt
   trace=$(find /tmp/wbcdg_profile -name '*.xplane.pb' 2>/dev/null | head -1)
   [ -n "$trace" ] || return 0
   gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"
-  gzip -c /tmp/wbcdg_profile/boda_step.hlo.txt > "$OUT/boda_step.hlo.txt.gz" 2>/dev/null
-  { "$PY" launch/profile_summary.py --trace="$trace" --top=40
-    "$PY" launch/profile_summary.py --trace="$trace" --top=40 --by_instruction; } 2>&1 | tee "$OUT/profile_boda.txt"
+  gzip -c "$hlo" > "$OUT/boda_step.hlo.txt.gz" 2>/dev/null
+  { "$PY" launch/profile_summary.py --trace="$trace" --by=part --hlo="$hlo" --top=20
+    "$PY" launch/profile_summary.py --trace="$trace" --top=40
+    "$PY" launch/profile_summary.py --trace="$trace" --top=60 --by=instruction; } 2>&1 | tee "$OUT/profile_boda.txt"
 }
 
 gpu_tests() {  # gpu_tests SECONDS: the models and train steps keep their contracts on the GPU (float32 matmuls:

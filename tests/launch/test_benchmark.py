@@ -204,6 +204,11 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   assert "| scaling | erm | 8 | 2 |" in proc.stdout
   with open(out) as f:
     result = json.load(f)
+  # Where the traced step's time went, by the train step's named scopes (the model's both ways, the augmentation).
+  parts = {row["part"]: row for row in result["profile"]["by_part"]}
+  assert {"model forward", "model backward", "augment", "optimizer"} <= set(parts), sorted(parts)
+  assert sum(row["share"] for row in parts.values()) == pytest.approx(1.0)
+  assert "Profile: erm at total batch 8" in proc.stdout and "| model forward |" in proc.stdout
   assert result["meta"]["device_count"] == 2 and result["settings"]["preset"] == "smoke"
   assert [(r["devices"], r["batch"]) for r in result["sections"]["steps"]["rows"]] == [(2, 8)]
   scaling = result["sections"]["scaling"]["rows"]

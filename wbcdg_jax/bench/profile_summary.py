@@ -1,9 +1,19 @@
 """Where a step's time goes, from a `jax.profiler` trace (`.xplane.pb`, optionally gzipped), without TensorBoard.
 
 On a GPU or TPU the device planes' stream lines hold one event per kernel; on a CPU the XLA thread lines hold one
-per executed HLO op. Events are grouped by their HLO op (the `hlo_op` statistic where the profiler records it,
-else the event name) with the numeric suffix removed, so that `fusion.12` and `fusion.40` add up as `fusion`, and
-the groups are listed by total time, with their share of the busy time.
+per executed HLO op. Each event is traced back to the HLO instruction that ran it (the `hlo_op` statistic where
+the profiler records it; for a kernel inside an XLA:GPU command buffer, whose `hlo_op` is the whole buffer, the
+kernel's own name, which XLA derives from its fusion's), and the events are grouped:
+
+* by `op`: the instruction's name without its numeric suffix, so that `fusion.12` and `fusion.40` add up as
+  `fusion`;
+* by `instruction`: one group per instruction, to look up in the step's optimized HLO;
+* by `part`: the named scope the instruction came from, read from its `op_name` metadata in the optimized HLO
+  (`jax.jit(f).lower(...).compile().as_text()`). The train step names its parts (augment, model, losses,
+  optimizer, keep_or_drop), and autodiff marks their gradients, so `jvp(model)` is the model's forward pass and
+  `transpose(jvp(model))` its backward pass.
+
+Groups are listed by total time, with their share of the busy time.
 """
 
 from __future__ import annotations
@@ -13,8 +23,92 @@ import dataclasses
 import gzip
 import re
 
+GROUPINGS = ("op", "instruction", "part")
+
 # Events of the CPU runtime itself (and the end markers of some), not of an op.
-_CPU_RUNTIME = re.compile(r"^(ThunkExecutor|ThreadpoolListener|TfrtCpu|PjRt|end: )")
+_CPU_RUNTIME = re.compile(r"^(ThunkExecutor|ThreadpoolListener|TfrtCpu|PjRt|SlinkyThreadPool|end: )")
+# HLO text: a computation's header `%fused_computation.3 (p: f32[2]) -> f32[2] {` (or `ENTRY %main ...`), and an
+# instruction `  ROOT %name = type op(...), calls=%fused_computation.3, metadata={op_name="a/b/c" ...}`.
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s")
+_OP_NAME = re.compile(r'\bop_name="([^"]*)"')
+_CALLS = re.compile(r"\bcalls=%?([^\s,}]+)")
+_FUSED = ("fused_computation", "wrapped_")  # computations of fusions, whose instructions never run alone
+# Parts whose instructions carry no usable metadata, or that the HLO does not hold.
+NO_METADATA = "(no op_name metadata)"
+NOT_IN_HLO = "(not in the HLO)"
+UNSCOPED = "(outside any named scope)"
+
+
+def text_of(data: bytes) -> str:
+  """The text of a file's bytes, gunzipped if they are gzipped (the device script brings the HLO back gzipped)."""
+  if data[:2] == b"\x1f\x8b":
+    data = gzip.decompress(data)
+  return data.decode("utf-8")
+
+
+def _kernel_name(name: str) -> str:
+  """The name XLA:GPU gives the kernel of instruction `name` (LLVM-safe: '.' and '-' become '_')."""
+  return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+  """instruction name -> its op_name metadata, for every instruction of an HLO module's text ('' where it has none).
+
+  XLA drops the metadata of some fusions: the op_name of the computation they call (its root's, else its first
+  instruction's) stands in. Each instruction is also listed under its kernel name (`loop_add_fusion.3` as
+  `loop_add_fusion_3`).
+  """
+  own: dict[str, str] = {}
+  calls: dict[str, str] = {}
+  computation_op_name: dict[str, str] = {}  # computation -> its root's op_name, else its first instruction's
+  computation = None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
+    instruction = _INSTRUCTION.match(line)
+    if not instruction:
+      continue
+    is_root, name = instruction.groups()
+    op_name, called = _OP_NAME.search(line), _CALLS.search(line)
+    if op_name:
+      own[name] = op_name.group(1)
+      if computation and (is_root or computation not in computation_op_name):
+        computation_op_name[computation] = op_name.group(1)
+    elif computation is None or not computation.startswith(_FUSED):
+      own[name] = ""  # no metadata (yet): an instruction that runs, not one inside a fusion
+    if called:
+      calls[name] = called.group(1)
+  names = dict(own)
+  for name, called in calls.items():
+    if not names.get(name) and called in computation_op_name:
+      names[name] = computation_op_name[called]
+  for name, op_name in list(names.items()):
+    names.setdefault(_kernel_name(name), op_name)
+  return names
+
+
+def part_of(op_name: str) -> str:
+  """The named scope an instruction came from, from its op_name metadata.
+
+  `jit(train_step)/jvp(model)/Classifier/encoder/...` -> 'model forward'; `.../transpose(jvp(model))/...` ->
+  'model backward'; `jit(train_step)/optimizer/...` -> 'optimizer'; a primitive directly under the jit, or
+  under an unnamed autodiff scope (`jvp()`), -> UNSCOPED.
+  """
+  segments = op_name.split("/")
+  if segments and re.fullmatch(r"p?jit\(.*\)", segments[0]):
+    segments = segments[1:]  # the function that was compiled
+  if len(segments) < 2:
+    return UNSCOPED  # a primitive at the top level
+  scope = segments[0]
+  backward = re.fullmatch(r"transpose\(jvp\((.*)\)\)", scope)
+  forward = re.fullmatch(r"jvp\((.*)\)", scope)
+  if backward or forward:
+    name = (backward or forward).group(1)
+    return f"{name} {'backward' if backward else 'forward'}" if name else UNSCOPED
+  return scope
 
 
 @dataclasses.dataclass
@@ -25,29 +119,48 @@ class Summary:
   busy_ns: float
   total_ns: collections.Counter
   count: collections.Counter
+  grouping: str = "op"
 
   def table(self, top: int = 25) -> str:
     lines = [f"{self.source}: {self.busy_ns / 1e6:.2f} ms busy in {sum(self.count.values())} events",
-             "| op | ms | share | events |", "| --- | ---: | ---: | ---: |"]
+             f"| {self.grouping} | ms | share | events |", "| --- | ---: | ---: | ---: |"]
     for name, ns in self.total_ns.most_common(top):
       lines.append(f"| {name} | {ns / 1e6:.3f} | {100 * ns / max(self.busy_ns, 1):.1f}% | {self.count[name]} |")
     return "\n".join(lines)
 
 
-def _group(event, by_instruction: bool = False) -> str:
+def _instruction(event) -> str:
+  """The HLO instruction an event ran: its `hlo_op` statistic, else its name; for a kernel inside a command buffer
+  (whose `hlo_op` names the buffer) the kernel's own name."""
   stats = dict(event.stats)
-  name = str(stats.get("hlo_op") or event.name)
+  hlo_op = str(stats.get("hlo_op") or "")
+  if not hlo_op or (hlo_op.startswith("command_buffer") and event.name and event.name != hlo_op):
+    return str(event.name)
+  return hlo_op
+
+
+def _group(event, by_instruction: bool = False) -> str:
+  name = _instruction(event)
   return name if by_instruction else re.sub(r"(\.\d+)+$", "", name)
 
 
-def summarize(serialized: bytes, by_instruction: bool = False) -> Summary:
+def summarize(serialized: bytes, *, by: str = "op", hlo_text: str | None = None) -> Summary:
   """Summary of the device planes' stream lines, or of the CPU's XLA threads when no device plane has events.
 
-  With `by_instruction`, each HLO instruction (`fusion.12`) is its own group, to look up in the step's optimized
-  HLO (`jax.jit(...).lower(...).compile().as_text()`).
+  Args:
+    serialized: the trace (`.xplane.pb` bytes, gzipped or not).
+    by: one of GROUPINGS (default 'op').
+    hlo_text: the traced step's optimized HLO; required by 'part'.
+
+  Raises:
+    ValueError: an unknown grouping, 'part' without the HLO, or a trace without op events.
   """
   from jax.profiler import ProfileData
 
+  if by not in GROUPINGS:
+    raise ValueError(f"profile_summary: grouping {by!r} is not one of {GROUPINGS}")
+  if by == "part" and not hlo_text:
+    raise ValueError("profile_summary: grouping by part needs the traced step's optimized HLO text")
   if serialized[:2] == b"\x1f\x8b":
     serialized = gzip.decompress(serialized)
   # The profile's planes, lines and events are one-pass iterators: read them into lists once.
@@ -60,14 +173,20 @@ def summarize(serialized: bytes, by_instruction: bool = False) -> Summary:
     chosen = [events for name, lines in planes if name == "/host:CPU" for line, events in lines
               if line.startswith("tf_XLA")]
     source = "CPU XLA ops"
+  scopes = op_names(hlo_text) if by == "part" else {}
   total, count = collections.Counter(), collections.Counter()
   for events in chosen:
     for event in events:
       if source == "CPU XLA ops" and _CPU_RUNTIME.match(event.name):
         continue
-      group = _group(event, by_instruction)
+      if by == "part":
+        instruction = _instruction(event)
+        op_name = scopes.get(instruction)
+        group = part_of(op_name) if op_name else f"{NOT_IN_HLO if op_name is None else NO_METADATA} {_group(event)}"
+      else:
+        group = _group(event, by == "instruction")
       total[group] += event.duration_ns
       count[group] += 1
   if not total:
     raise ValueError("profile_summary: the trace has no device kernel or CPU XLA op events")
-  return Summary(source=source, busy_ns=float(sum(total.values())), total_ns=total, count=count)
+  return Summary(source=source, busy_ns=float(sum(total.values())), total_ns=total, count=count, grouping=by)

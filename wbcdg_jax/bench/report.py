@@ -47,6 +47,19 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def format_profile(result: dict[str, Any], top: int = 12) -> str:
+  """Markdown: where the profiled step's time went, by part of the step ('' when no profile was taken)."""
+  profile = result.get("profile")
+  if not profile or "by_part" not in profile:
+    return ""
+  lines = [f"Profile: {profile['algorithm']} at total batch {profile['batch']}, {profile['source']}, "
+           f"{profile['busy_ms_per_step']:.2f} ms busy per step",
+           "| part | ms per step | share |", "| --- | ---: | ---: |"]
+  lines += [f"| {row['part']} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
+            for row in profile["by_part"][:top]]
+  return "\n".join(lines)
+
+
 def format_targets(result: dict[str, Any]) -> str:
   lines = []
   for name, t in result.get("targets", {}).items():

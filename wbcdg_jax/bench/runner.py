@@ -6,6 +6,7 @@ the accelerator's memory (XLA preallocates most of it on first use).
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import importlib.util
 import json
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 import jax
 
-from wbcdg_jax.bench import report
+from wbcdg_jax.bench import profile_summary, report
 from wbcdg_jax.bench.settings import SECTIONS, Settings, step_label
 from wbcdg_jax.bench.steps import StepCache, algorithm_config, time_steps
 from wbcdg_jax.models import IMPLEMENTATION_FIELDS
@@ -211,6 +212,40 @@ def steps_to_compile(settings: Settings) -> list[tuple]:
   return sorted(keys, key=lambda key: key[1])
 
 
+PROFILED_STEPS = 3
+
+
+def profile_step(built, settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+  """Traces PROFILED_STEPS steps of `built` into settings.profile_dir, writes its optimized HLO beside the trace
+  (`<algorithm>_step.hlo.txt`, where profile_summary looks instructions up) and returns the step's time by part
+  (augment, model forward / backward, losses, optimizer, ...) and by HLO op kind, in ms per step."""
+  os.makedirs(settings.profile_dir, exist_ok=True)
+  before = set(glob.glob(os.path.join(settings.profile_dir, "**", "*.xplane.pb"), recursive=True))
+  with jax.profiler.trace(settings.profile_dir):
+    jax.block_until_ready(built.run(PROFILED_STEPS))
+  hlo_path = os.path.join(settings.profile_dir, f"{built.name}_step.hlo.txt")
+  hlo = built.step.as_text()
+  with open(hlo_path, "w") as f:
+    f.write(hlo)
+  out: dict[str, Any] = {"algorithm": built.name, "batch": built.total_batch, "steps": PROFILED_STEPS,
+                         "hlo": hlo_path}
+  traces = sorted(set(glob.glob(os.path.join(settings.profile_dir, "**", "*.xplane.pb"), recursive=True)) - before,
+                  key=os.path.getmtime)
+  if not traces:
+    log(f"profile: no .xplane.pb was written under {settings.profile_dir}")
+    return dict(out, status="skipped", reason="the profiler wrote no .xplane.pb")
+  with open(traces[-1], "rb") as f:
+    trace = f.read()
+  out["trace"] = traces[-1]
+  for by in ("part", "op"):
+    summary = profile_summary.summarize(trace, by=by, hlo_text=hlo)
+    log(summary.table(top=15))
+    out[f"by_{by}"] = [{by: name, "ms_per_step": ns / 1e6 / PROFILED_STEPS, "share": ns / summary.busy_ns}
+                       for name, ns in summary.total_ns.most_common()]
+    out["source"], out["busy_ms_per_step"] = summary.source, summary.busy_ns / 1e6 / PROFILED_STEPS
+  return out
+
+
 def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
                   on_section: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
   """Runs settings.sections and returns {'meta', 'settings', 'sections': {name: {'rows': [...]}}, 'targets'}.
@@ -286,12 +321,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
   if "profile" in steps:
     built = cache.get(*steps["profile"][0])
     log(f"profiling {settings.profile_algorithm} at total batch {built.total_batch} into {settings.profile_dir}")
-    with jax.profiler.trace(settings.profile_dir):
-      jax.block_until_ready(built.run(3))
-    # The optimized HLO, where the instructions of `profile_summary --by_instruction` are looked up.
-    hlo = os.path.join(settings.profile_dir, f"{settings.profile_algorithm}_step.hlo.txt")
-    with open(hlo, "w") as f:
-      f.write(built.step.as_text())
+    result["profile"] = profile_step(built, settings, log)
 
   if {"refresh", "pipeline"} & set(settings.sections):
     from wbcdg_jax.bench import inputs  # local import: reads TFDS / grain only when needed
