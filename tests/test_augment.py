@@ -172,6 +172,39 @@ def test_blur_keeps_constant_images_and_smooths_noise():
   np.testing.assert_allclose(y.mean(), noise.mean(), rtol=0.05)
 
 
+def _reference_blur(x, sigma, radius):
+  """NumPy: x [B, S, S, 3] float, reflect-padded, blurred by rows then columns with normalized Gaussian taps."""
+  taps = np.arange(-radius, radius + 1)
+  w = np.exp(-0.5 * (taps / sigma) ** 2)
+  w /= w.sum()
+  s = x.shape[1]
+  padded = np.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+  rows = sum(w[i] * padded[:, i:i + s] for i in range(len(w)))
+  return sum(w[i] * rows[:, :, i:i + s] for i in range(len(w)))
+
+
+@pytest.mark.parametrize("size,sigma,radius", [(12, 1.5, 5), (7, 2.0, 6), (16, 0.4, 2)])
+def test_blur_matrix_is_the_reflect_padded_gaussian(size, sigma, radius):
+  m = np.asarray(augment._blur_matrix(size, np.float32(sigma), radius))  # pylint: disable=protected-access
+  np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)
+  x = np.random.default_rng(0).random((1, size, size, 3)).astype(np.float32)
+  # Rows then columns: M x M^T per channel.
+  np.testing.assert_allclose(np.einsum("ij,jwc,kw->ikc", m, x[0], m), _reference_blur(x, sigma, radius)[0],
+                             atol=1e-5)
+
+
+def test_blur_of_the_batch_matches_numpy_and_is_off_when_not_drawn():
+  x = _images(b=3, s=12)
+  sigma = 1.3  # lo == hi: the drawn sigma is known
+  y = _unnormalize(augment.augment_batch(x, jax.random.key(5), out_size=12,
+                                         options=_neutral(blur_p=1.0, blur_sigma=(sigma, sigma))))
+  radius = min(int(np.ceil(3 * sigma)), 11)
+  np.testing.assert_allclose(y, _reference_blur(x.astype(np.float32), sigma, radius), atol=2e-2)
+  same = _unnormalize(augment.augment_batch(x, jax.random.key(5), out_size=12,
+                                            options=_neutral(blur_p=1e-9, blur_sigma=(sigma, sigma))))
+  np.testing.assert_allclose(same, x.astype(np.float32), atol=2e-2)
+
+
 def test_options_from_dict_off_and_validation():
   opts = augment.AugmentOptions.from_dict({"crop_scale": [0.5, 1.0], "hue": 0.1})
   assert opts.crop_scale == (0.5, 1.0) and opts.hue == 0.1 and opts.enabled
