@@ -118,7 +118,8 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
   step_fn = compile_train_step(mesh, model=model, tx=tx, spec=spec, augment_options=options,
                                image_size=int(config.model.image_size), base_key=step_key, disc=disc,
                                disc_tx=disc_tx, bn_train=config.model.bn_mode == "train" and not spec.head_only,
-                               check_updated_params=bool(config.train.check_updated_params))
+                               check_updated_params=bool(config.train.check_updated_params),
+                               donate_state=bool(config.train.donate_state))
   eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size))
   return Stage(model=model, spec=spec, state=state, train_step=step_fn, eval_fn=eval_fn, moments_fn=moments_fn,
                tx=tx, disc=disc)

@@ -4,7 +4,7 @@
 augments the uint8 batch on the device, and applies Adam to the classifier (and to the discriminator when there
 is one). It is a pure function of (state, batch): every random draw comes from `fold_in(base_key, state.step)`,
 so a resumed run repeats exactly the draws of an uninterrupted one. `compile_train_step` jit-compiles it with the
-batch split over the mesh and the state replicated and donated.
+batch split over the mesh and the state replicated (and donated, config.train.donate_state).
 """
 
 from __future__ import annotations
@@ -179,11 +179,12 @@ def _keep_or_drop(state: TrainState, finite: jax.Array, **new) -> TrainState:
   )
 
 
-def compile_train_step(mesh: jax.sharding.Mesh, **static_kwargs):
-  """jit-compiles `train_step` with the batch split over the mesh, the state replicated and donated."""
+def compile_train_step(mesh: jax.sharding.Mesh, *, donate_state: bool = True, **static_kwargs):
+  """jit-compiles `train_step` with the batch split over the mesh and the state replicated (and donated: updated
+  in place, the caller's old state deleted, when `donate_state`)."""
   step = functools.partial(train_step, **static_kwargs)
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,) if donate_state else ())
 
 
 def eval_outputs(params: Any, batch_stats: Any, images: jax.Array, *, model: nn.Module,

@@ -190,3 +190,22 @@ def test_unchecked_parameter_overflow_is_caught_by_the_next_loss():
   state, metrics = stage.train_step(state, batch)
   assert not np.isfinite(float(metrics["total"])) and float(metrics["finite"]) == 0.0
   assert int(state.skipped) == 1 and int(state.first_bad_step) == 1
+
+
+def test_donated_and_kept_state_give_the_same_step():
+  # train.donate_state only decides whether the step updates the state in place (deleting the caller's copy) or
+  # writes a new one: the new state is the same bit for bit.
+  mesh = sharding.make_mesh()
+  results = {}
+  for donate in (True, False):
+    config = tiny_config("dann")
+    config.train.donate_state = donate
+    stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+    old = stage.state
+    state, metrics = stage.train_step(old, sharding.shard_batch(tiny_batch(config), mesh))
+    assert float(metrics["finite"]) == 1.0
+    deleted = [leaf.is_deleted() for leaf in jax.tree.leaves((old.params, old.opt_state))]
+    assert all(deleted) if donate else not any(deleted)
+    results[donate] = jax.device_get(state)
+  for name in ("params", "opt_state", "disc_params", "disc_opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(results[False], name), getattr(results[True], name))
