@@ -33,6 +33,8 @@ _VARIANTS = flags.DEFINE_list("variants", None, "Variants timed against the defa
                               "'none' for none.")
 _VARIANT_BATCHES = flags.DEFINE_list("variant_batches", None, "Total batches of the variants (default: "
                                      "--torch_batches).")
+_PROFILE_BATCHES = flags.DEFINE_list("profile_batches", None, "Total batches traced with --profile_dir (default: "
+                                     "--batch).")
 _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("image_size", "Network input px."), ("stored_size", "Stored / host image px."), ("depth", "ResNet depth."),
     ("batch", "Total batch of the algorithm table."), ("warmup", "Untimed steps after the compiling call."),
@@ -41,8 +43,7 @@ _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("scaling_per_device_batch", "Per-device batch of the scaling rows (0: batch / devices)."),
     ("num_workers", "grain worker processes."), ("num_threads", "grain reading threads."),
     ("prefetch", "grain read-ahead batches (>= num_threads)."), ("seed", "Seed."),
-    ("compile_threads", "Steps compiled at once."),
-    ("profile_batch", "Total batch traced with --profile_dir (0: --batch)."))}
+    ("compile_threads", "Steps compiled at once."))}
 _STRINGS = {name: flags.DEFINE_string(name, None, help_) for name, help_ in (
     ("dtype", "Compute dtype: bfloat16 or float32."), ("torch", "auto | on | off."),
     ("torch_compile", "auto (CUDA only) | on | off."), ("scaling_algorithm", "Algorithm of the scaling rows."),
@@ -69,7 +70,8 @@ def settings_from_flags() -> settings_lib.Settings:
     overrides["sections"] = tuple(_SECTIONS.value)
   if _VARIANTS.value is not None:
     overrides["variants"] = () if _VARIANTS.value == ["none"] else tuple(_VARIANTS.value)
-  for name, flag in (("torch_batches", _TORCH_BATCHES), ("variant_batches", _VARIANT_BATCHES)):
+  for name, flag in (("torch_batches", _TORCH_BATCHES), ("variant_batches", _VARIANT_BATCHES),
+                     ("profile_batches", _PROFILE_BATCHES)):
     if flag.value is not None:
       try:
         overrides[name] = tuple(int(b) for b in flag.value)

@@ -8,8 +8,8 @@
 # PART (one H100, 2026-11-26: with the space-to-depth stem (the default) a ResNet-50 step compiles in ~25 s at
 # total batch 64; with the plain 7x7 stride-2 stem it took ~115-140 s, autotuning cache or not):
 #   full   everything in one process: every algorithm, PyTorch eager and torch.compile, the variants, the BoDA
-#          refresh, the input pipeline and full loop (12 grain workers), scaling, a profile of BoDA at 256; then,
-#          in the time left of a 10-minute call, the GPU test subset                                  (~6-9 min)
+#          refresh, the input pipeline and full loop (12 grain workers), scaling, profiles of BoDA at 64 and 256;
+#          then, in the time left of a 10-minute call, the GPU test subset                            (~6-9 min)
 #   steps  every algorithm's step at batch 64, and the profile                                       (~2-4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~4-6 min)
 #   rest   BoDA refresh, input pipeline, scaling, the GPU test subset                                 (~3-4 min)
@@ -44,16 +44,21 @@ bench() {  # bench NAME ARGS...: one benchmark process, its JSON and log under $
     | grep -v "it/s\]\|examples/s\]\|splits/s\]" | tee "$OUT/$name.log"
 }
 
-profile_files() {  # the BoDA trace, its optimized HLO and three summaries (by part of the step, by HLO op kind,
-  # by instruction) -> $OUT
-  local trace hlo=/tmp/wbcdg_profile/boda_step.hlo.txt
-  trace=$(find /tmp/wbcdg_profile -name '*.xplane.pb' 2>/dev/null | head -1)
-  [ -n "$trace" ] || return 0
-  gzip -c "$trace" > "$OUT/profile_boda.xplane.pb.gz"
-  gzip -c "$hlo" > "$OUT/boda_step.hlo.txt.gz" 2>/dev/null
-  { "$PY" launch/profile_summary.py --trace="$trace" --by=part --hlo="$hlo" --top=20
+profile_files() {  # per traced batch (a folder boda_<batch>): three summaries (by part of the step, by HLO op
+  # kind, by instruction) -> $OUT/profile_boda.txt; the traces and optimized HLOs -> $OUT/profile_boda.tar.gz
+  local dir trace
+  for dir in /tmp/wbcdg_profile/boda_*/; do
+    trace=$(find "$dir" -name '*.xplane.pb' 2>/dev/null | head -1)
+    [ -n "$trace" ] || continue
+    echo "== $(basename "$dir")"
+    "$PY" launch/profile_summary.py --trace="$trace" --by=part --hlo="$dir/boda_step.hlo.txt" --top=20
     "$PY" launch/profile_summary.py --trace="$trace" --top=40
-    "$PY" launch/profile_summary.py --trace="$trace" --top=60 --by=instruction; } 2>&1 | tee "$OUT/profile_boda.txt"
+    "$PY" launch/profile_summary.py --trace="$trace" --top=60 --by=instruction
+  done 2>&1 | tee "$OUT/profile_boda.txt"
+  tar -C /tmp/wbcdg_profile -czf "$OUT/profile_boda.tar.gz" . 2>/dev/null || true
+  if [ "$(stat -c %s "$OUT/profile_boda.tar.gz" 2>/dev/null || echo 0)" -gt 15000000 ]; then  # 16 MiB a file back
+    tar -C /tmp/wbcdg_profile -czf "$OUT/profile_boda.tar.gz" $(cd /tmp/wbcdg_profile && ls -d */*.hlo.txt)
+  fi
 }
 
 gpu_tests() {  # gpu_tests SECONDS: the models and train steps keep their contracts on the GPU (float32 matmuls:

@@ -138,7 +138,7 @@ def test_variants_run_at_their_own_batches_compiled_ahead():
 
 def test_steps_to_compile_covers_every_section_once_small_batches_first():
   settings = settings_lib.make_settings("gpu", profile_dir="/tmp/unused")
-  assert settings.compile_ahead and settings.profile_batch == 256
+  assert settings.compile_ahead and settings.profile_batch_list == (64, 256)
   keys = runner.steps_to_compile(settings)
   assert len(keys) == len(set(keys))
   assert [k[1] for k in keys] == sorted(k[1] for k in keys)  # batch 64 (the slow compiles) first
@@ -162,8 +162,9 @@ def test_settings_errors_name_the_flag():
   settings = settings_lib.make_settings("gpu", batch=None)  # None keeps the preset's value
   assert settings.batch == 64 and settings.torch_batches == (64, 256) and settings.dtype == "bfloat16"
   assert settings.variant_batches == (256,)  # variants at 256 only: at 64 a ResNet-50 step compiles 4x longer
-  with pytest.raises(ValueError, match=r"--profile_batch=-1 must be >= 0"):
-    settings_lib.make_settings("smoke", profile_batch=-1)
+  with pytest.raises(ValueError, match=r"--profile_batches=8,0: batches must be >= 1"):
+    settings_lib.make_settings("smoke", profile_batches=(8, 0))
+  assert settings_lib.make_settings("smoke").profile_batch_list == (8,)  # default: --batch
   with pytest.raises(ValueError, match="batches must be >= 1"):
     settings_lib.make_settings("smoke", variant_batches=(0,))
   with pytest.raises(ValueError, match=r"model.max_pol is not a scalar field .*'max_pool'"):
@@ -200,14 +201,17 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert list(profile.rglob("*.xplane.pb")), "no jax.profiler trace written"
-  assert "HloModule" in (profile / "erm_step.hlo.txt").read_text()
+  assert "HloModule" in (profile / "erm_8" / "erm_step.hlo.txt").read_text()
   assert "| scaling | erm | 8 | 2 |" in proc.stdout
   with open(out) as f:
     result = json.load(f)
   # Where the traced step's time went, by the train step's named scopes (the model's both ways, the augmentation).
-  parts = {row["part"]: row for row in result["profile"]["by_part"]}
+  [profiled] = result["profiles"]
+  parts = {row["part"]: row for row in profiled["by_part"]}
   assert {"model forward", "model backward", "augment", "optimizer"} <= set(parts), sorted(parts)
   assert sum(row["share"] for row in parts.values()) == pytest.approx(1.0)
+  assert profiled["batch"] == 8
+  assert _positive(profiled["wall_ms_per_step"]) and _positive(profiled["busy_share_of_wall"])
   assert "Profile: erm at total batch 8" in proc.stdout and "| model forward |" in proc.stdout
   assert result["meta"]["device_count"] == 2 and result["settings"]["preset"] == "smoke"
   assert [(r["devices"], r["batch"]) for r in result["sections"]["steps"]["rows"]] == [(2, 8)]

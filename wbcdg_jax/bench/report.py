@@ -48,16 +48,18 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def format_profile(result: dict[str, Any], top: int = 12) -> str:
-  """Markdown: where the profiled step's time went, by part of the step ('' when no profile was taken)."""
-  profile = result.get("profile")
-  if not profile or "by_part" not in profile:
-    return ""
-  lines = [f"Profile: {profile['algorithm']} at total batch {profile['batch']}, {profile['source']}, "
-           f"{profile['busy_ms_per_step']:.2f} ms busy per step",
-           "| part | ms per step | share |", "| --- | ---: | ---: |"]
-  lines += [f"| {row['part']} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
-            for row in profile["by_part"][:top]]
-  return "\n".join(lines)
+  """Markdown: where each profiled step's time went, by part of the step ('' when no profile was taken)."""
+  blocks = []
+  for profile in result.get("profiles", []):
+    if "by_part" not in profile:
+      continue
+    lines = [f"Profile: {profile['algorithm']} at total batch {profile['batch']}, {profile['source']}: "
+             f"{profile['busy_ms_per_step']:.2f} ms busy per step of {profile['wall_ms_per_step']:.2f} ms "
+             "(traced)", "| part | ms per step | share |", "| --- | ---: | ---: |"]
+    lines += [f"| {row['part']} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
+              for row in profile["by_part"][:top]]
+    blocks.append("\n".join(lines))
+  return "\n\n".join(blocks)
 
 
 def format_targets(result: dict[str, Any]) -> str:

@@ -193,7 +193,7 @@ def section_steps(settings: Settings) -> dict[str, list[tuple]]:
     keys["variants"] = [StepCache.key(settings.variant_algorithm, b, None, v)
                         for b in settings.variant_batch_list for v in ("", *settings.variants)]
   if settings.profile_dir:
-    keys["profile"] = [StepCache.key(settings.profile_algorithm, settings.profile_batch or settings.batch)]
+    keys["profile"] = [StepCache.key(settings.profile_algorithm, b) for b in settings.profile_batch_list]
   if "refresh" in sections:  # the loop algorithm's BoDA statistics, or plain BoDA's
     name = settings.loop_algorithm if "boda" in settings.loop_algorithm else "boda"
     keys["refresh"] = [StepCache.key(name, settings.batch)]
@@ -216,23 +216,28 @@ PROFILED_STEPS = 3
 
 
 def profile_step(built, settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
-  """Traces PROFILED_STEPS steps of `built` into settings.profile_dir, writes its optimized HLO beside the trace
-  (`<algorithm>_step.hlo.txt`, where profile_summary looks instructions up) and returns the step's time by part
-  (augment, model forward / backward, losses, optimizer, ...) and by HLO op kind, in ms per step."""
-  os.makedirs(settings.profile_dir, exist_ok=True)
-  before = set(glob.glob(os.path.join(settings.profile_dir, "**", "*.xplane.pb"), recursive=True))
-  with jax.profiler.trace(settings.profile_dir):
+  """Traces PROFILED_STEPS steps of `built` into `<profile_dir>/<algorithm>_<total batch>/`, writes the step's
+  optimized HLO there (`<algorithm>_step.hlo.txt`, where profile_summary looks instructions up) and returns where
+  the step's time goes by part (augment, model forward / backward, losses, optimizer, ...) and by HLO op kind, in
+  ms per step, with the busy time's share of the traced steps' wall time (below 1: the device waited, e.g. on
+  kernel launches)."""
+  folder = os.path.join(settings.profile_dir, f"{built.name}_{built.total_batch}")
+  os.makedirs(folder, exist_ok=True)
+  before = set(glob.glob(os.path.join(folder, "**", "*.xplane.pb"), recursive=True))
+  with jax.profiler.trace(folder):
+    t0 = time.perf_counter()
     jax.block_until_ready(built.run(PROFILED_STEPS))
-  hlo_path = os.path.join(settings.profile_dir, f"{built.name}_step.hlo.txt")
+    wall_s = time.perf_counter() - t0
+  hlo_path = os.path.join(folder, f"{built.name}_step.hlo.txt")
   hlo = built.step.as_text()
   with open(hlo_path, "w") as f:
     f.write(hlo)
   out: dict[str, Any] = {"algorithm": built.name, "batch": built.total_batch, "steps": PROFILED_STEPS,
-                         "hlo": hlo_path}
-  traces = sorted(set(glob.glob(os.path.join(settings.profile_dir, "**", "*.xplane.pb"), recursive=True)) - before,
+                         "hlo": hlo_path, "wall_ms_per_step": 1e3 * wall_s / PROFILED_STEPS}
+  traces = sorted(set(glob.glob(os.path.join(folder, "**", "*.xplane.pb"), recursive=True)) - before,
                   key=os.path.getmtime)
   if not traces:
-    log(f"profile: no .xplane.pb was written under {settings.profile_dir}")
+    log(f"profile: no .xplane.pb was written under {folder}")
     return dict(out, status="skipped", reason="the profiler wrote no .xplane.pb")
   with open(traces[-1], "rb") as f:
     trace = f.read()
@@ -243,6 +248,8 @@ def profile_step(built, settings: Settings, log: Callable[[str], None]) -> dict[
     out[f"by_{by}"] = [{by: name, "ms_per_step": ns / 1e6 / PROFILED_STEPS, "share": ns / summary.busy_ns}
                        for name, ns in summary.total_ns.most_common()]
     out["source"], out["busy_ms_per_step"] = summary.source, summary.busy_ns / 1e6 / PROFILED_STEPS
+  # On a CPU the busy time adds up the threads, so it can exceed the wall time.
+  out["busy_share_of_wall"] = out["busy_ms_per_step"] / out["wall_ms_per_step"]
   return out
 
 
@@ -319,9 +326,11 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = _stderr,
     done("variants")
 
   if "profile" in steps:
-    built = cache.get(*steps["profile"][0])
-    log(f"profiling {settings.profile_algorithm} at total batch {built.total_batch} into {settings.profile_dir}")
-    result["profile"] = profile_step(built, settings, log)
+    result["profiles"] = []
+    for key in steps["profile"]:
+      built = cache.get(*key)
+      log(f"profiling {built.name} at total batch {built.total_batch} into {settings.profile_dir}")
+      result["profiles"].append(profile_step(built, settings, log))
 
   if {"refresh", "pipeline"} & set(settings.sections):
     from wbcdg_jax.bench import inputs  # local import: reads TFDS / grain only when needed

@@ -4,7 +4,7 @@
            64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256, and ERM at 256
            with other implementations of the same step (batch norm not folded, window and slice max pools,
            plain stride-2 stem, ReLU derivative from the input, the in-step parameter check); all compiled in one
-           round ahead of the timing; --profile_dir traces BoDA at 256.
+           round ahead of the timing; --profile_dir traces BoDA at 64 and 256.
 * `cpu`:   the `quick` preset's model (ResNet-10, 64 px, float32) at total batch 32; PyTorch eager only.
 * `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
            every section runs; its numbers mean nothing.
@@ -66,8 +66,8 @@ class Settings:
       the trainer's; raise them to find the pipeline's limit, keeping prefetch >= num_threads).
     fast_compile: compile with XLA's backend optimisations off (the smoke: faster compiles, slower steps).
     compilation_cache_dir: JAX persistent compilation cache ('' = off; reported compile times are then loads).
-    profile_dir: if set, a jax.profiler trace of a few steps of `profile_algorithm` at total batch
-      `profile_batch` (0: `batch`) is written there.
+    profile_dir: if set, a jax.profiler trace of a few steps of `profile_algorithm` at each total batch of
+      `profile_batches` (empty: `batch`) is written there, in a folder per batch.
     seed: PRNG seed of the synthetic batches and models.
   """
 
@@ -105,7 +105,7 @@ class Settings:
   compilation_cache_dir: str = ""
   profile_dir: str = ""
   profile_algorithm: str = "boda"
-  profile_batch: int = 0
+  profile_batches: tuple[int, ...] = ()
   seed: int = 0
 
   def validate(self) -> None:
@@ -125,11 +125,9 @@ class Settings:
         raise ValueError(f"--{name}={getattr(self, name)!r} is not 'auto', 'on' or 'off'")
     for variant in self.variants:
       parse_variant(variant)
-    if any(int(b) < 1 for b in (*self.torch_batches, *self.variant_batches)):
-      raise ValueError(f"--torch_batches={self.torch_batches} / --variant_batches={self.variant_batches}: "
-                       "batches must be >= 1")
-    if self.profile_batch < 0:
-      raise ValueError(f"--profile_batch={self.profile_batch} must be >= 0 (0: --batch)")
+    for name in ("torch_batches", "variant_batches", "profile_batches"):
+      if any(int(b) < 1 for b in getattr(self, name)):
+        raise ValueError(f"--{name}={','.join(map(str, getattr(self, name)))}: batches must be >= 1")
     for name in ("steps", "repeats", "pipeline_steps", "batch", "compile_threads"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
@@ -140,6 +138,11 @@ class Settings:
   def variant_batch_list(self) -> tuple[int, ...]:
     """The total batches the variants are timed at: variant_batches, or else torch_batches."""
     return self.variant_batches or self.torch_batches
+
+  @property
+  def profile_batch_list(self) -> tuple[int, ...]:
+    """The total batches traced with profile_dir: profile_batches, or else (batch,)."""
+    return self.profile_batches or (self.batch,)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -155,7 +158,8 @@ _CPU_VARIANTS = ("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
-                variants=_VARIANTS, variant_batches=(256,), compile_threads=8, compile_ahead=True, profile_batch=256),
+                variants=_VARIANTS, variant_batches=(256,), compile_threads=8, compile_ahead=True,
+                profile_batches=(64, 256)),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
                 torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
                 variants=_CPU_VARIANTS),
