@@ -243,7 +243,11 @@ def profile_step(built, settings: Settings, log: Callable[[str], None]) -> dict[
     trace = f.read()
   out["trace"] = traces[-1]
   for by in ("part", "op"):
-    summary = profile_summary.summarize(trace, by=by, hlo_text=hlo)
+    try:
+      summary = profile_summary.summarize(trace, by=by, hlo_text=hlo)
+    except ValueError as e:  # a trace without op events: keep the run's numbers, say why there is no summary
+      log(f"profile: {traces[-1]}: {e}")
+      return dict(out, status="skipped", reason=str(e))
     log(summary.table(top=15))
     out[f"by_{by}"] = [{by: name, "ms_per_step": ns / 1e6 / PROFILED_STEPS, "share": ns / summary.busy_ns}
                        for name, ns in summary.total_ns.most_common()]
