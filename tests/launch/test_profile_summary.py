@@ -106,6 +106,36 @@ def test_op_names_fall_back_to_the_fused_root_and_know_kernel_names():
   assert instruction(_Event("fusion.3")) == "fusion.3"
 
 
+def test_parts_of_events_in_and_out_of_the_hlo(monkeypatch):
+  """summarize(by='part') on made-up kernel events: a command buffer's kernels (a Triton one with its '_impl'
+  suffix) are traced back to their fusion's scope; one the HLO does not hold, and one without metadata, are
+  labelled so."""
+  events = [_Event("loop_add_fusion_7", [("hlo_op", "command_buffer_3")], 3000),
+            _Event("loop_add_fusion_7_impl", [("hlo_op", "command_buffer_3")], 1000),
+            _Event("sm90_xmma_fprop", [("hlo_op", "cudnn-conv.1")], 4000),
+            _Event("copy.2", [("hlo_op", "copy.2")], 500),
+            _Event("other_kernel", [("hlo_op", "command_buffer_9")], 500)]
+
+  class Line:
+    name, events = "Stream #13(Compute)", None
+
+  class Plane:
+    name, lines = "/device:GPU:0", None
+
+  line, plane = Line(), Plane()
+  line.events, plane.lines = events, [line]
+
+  class FakeProfile:
+    planes = [plane]
+
+  monkeypatch.setattr("jax.profiler.ProfileData.from_serialized_xspace", lambda data: FakeProfile())
+  summary = profile_summary.summarize(b"trace", by="part", hlo_text=_HLO)
+  assert summary.source == "device kernels"
+  assert summary.total_ns == {"optimizer": 4000, "model forward": 4000,
+                              f"{profile_summary.NO_METADATA} copy": 500,
+                              f"{profile_summary.NOT_IN_HLO} other_kernel": 500}
+
+
 def test_summary_by_part_of_a_traced_gradient_step(tmp_path):
   """A real trace of a step with named scopes: the model's forward and backward and the optimizer are told apart,
   and by part the time adds up to the same busy time as by op."""

@@ -181,7 +181,8 @@ def summarize(serialized: bytes, *, by: str = "op", hlo_text: str | None = None)
         continue
       if by == "part":
         instruction = _instruction(event)
-        op_name = scopes.get(instruction)
+        # Triton kernels carry a suffix after their fusion's name (`gemm_fusion_dot_3_impl`).
+        op_name = scopes.get(instruction, scopes.get(re.sub(r"_impl$", "", instruction)))
         group = part_of(op_name) if op_name else f"{NOT_IN_HLO if op_name is None else NO_METADATA} {_group(event)}"
       else:
         group = _group(event, by == "instruction")
