@@ -82,6 +82,10 @@ ENTRY %main.3 (x: f32[4]) -> f32[4] {
   %x = f32[4]{0} parameter(0), metadata={op_name="x"}
   %loop_add_fusion.7 = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_computation.7
   %copy.2 = f32[4]{0} copy(%loop_add_fusion.7)
+  %copy.3 = f32[4]{0} copy(%x)
+  %negate.1 = f32[4]{0} negate(%x), metadata={op_name="jit(step)/jvp(model)/neg"}
+  %negate.2 = f32[4]{0} negate(%copy.3), metadata={op_name="jit(step)/transpose(jvp(model))/neg"}
+  %convolution.9 = f32[4]{0} multiply(%negate.1, %negate.2)
   ROOT %cudnn-conv.1 = f32[4]{0} custom-call(%copy.2), custom_call_target="conv", metadata={op_name="jit(step)/jvp(model)/conv"}
 }
 """
@@ -97,7 +101,10 @@ def test_op_names_fall_back_to_the_fused_root_and_know_kernel_names():
   assert names["cudnn-conv.1"] == "jit(step)/jvp(model)/conv"
   # The fusion has no metadata of its own: its fused root's stands in, also under its kernel name.
   assert names["loop_add_fusion.7"] == names["loop_add_fusion_7"] == "jit(step)/optimizer/add"
-  assert names["copy.2"] == ""  # runs, but has no metadata
+  # No metadata: an operand's stands in, a backward one where there is one; a parameter's names no scope.
+  assert names["copy.2"] == "jit(step)/optimizer/add"
+  assert names["convolution.9"] == "jit(step)/transpose(jvp(model))/neg"
+  assert names["copy.3"] == ""
   assert "add.1" not in names or names["add.1"] == "jit(step)/optimizer/add"
   # A kernel inside a command buffer is traced back by its own name; other kernels by their hlo_op.
   instruction = profile_summary._instruction  # pylint: disable=protected-access
@@ -113,7 +120,7 @@ def test_parts_of_events_in_and_out_of_the_hlo(monkeypatch):
   events = [_Event("loop_add_fusion_7", [("hlo_op", "command_buffer_3")], 3000),
             _Event("loop_add_fusion_7_impl", [("hlo_op", "command_buffer_3")], 1000),
             _Event("sm90_xmma_fprop", [("hlo_op", "cudnn-conv.1")], 4000),
-            _Event("copy.2", [("hlo_op", "copy.2")], 500),
+            _Event("copy.3", [("hlo_op", "copy.3")], 500),
             _Event("other_kernel", [("hlo_op", "command_buffer_9")], 500)]
 
   class Line:

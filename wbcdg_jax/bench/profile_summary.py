@@ -33,6 +33,7 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s")
 _OP_NAME = re.compile(r'\bop_name="([^"]*)"')
 _CALLS = re.compile(r"\bcalls=%?([^\s,}]+)")
+_OPERANDS = re.compile(r"=\s*\S+\s+[\w\-]+\(([^)]*)\)")  # `= f32[4]{0} fusion(%a, %b)` -> `%a, %b`
 _FUSED = ("fused_computation", "wrapped_")  # computations of fusions, whose instructions never run alone
 # Parts whose instructions carry no usable metadata, or that the HLO does not hold.
 NO_METADATA = "(no op_name metadata)"
@@ -55,12 +56,15 @@ def _kernel_name(name: str) -> str:
 def op_names(hlo_text: str) -> dict[str, str]:
   """instruction name -> its op_name metadata, for every instruction of an HLO module's text ('' where it has none).
 
-  XLA drops the metadata of some fusions: the op_name of the computation they call (its root's, else its first
-  instruction's) stands in. Each instruction is also listed under its kernel name (`loop_add_fusion.3` as
-  `loop_add_fusion_3`).
+  XLA drops the metadata of some instructions: for a fusion, the op_name of the computation it calls (its root's,
+  else its first instruction's) stands in; failing that, one of its operands' (up to 3 producers up; a backward
+  one where any is: XLA:CPU keeps no metadata on weight-gradient convolutions, whose operands are a forward
+  activation and a backward gradient). Each instruction is also listed under its kernel name (`loop_add_fusion.3`
+  as `loop_add_fusion_3`).
   """
   own: dict[str, str] = {}
   calls: dict[str, str] = {}
+  operands: dict[str, list[str]] = {}
   computation_op_name: dict[str, str] = {}  # computation -> its root's op_name, else its first instruction's
   computation = None
   for line in hlo_text.splitlines():
@@ -79,12 +83,22 @@ def op_names(hlo_text: str) -> dict[str, str]:
         computation_op_name[computation] = op_name.group(1)
     elif computation is None or not computation.startswith(_FUSED):
       own[name] = ""  # no metadata (yet): an instruction that runs, not one inside a fusion
+      args = _OPERANDS.search(line)
+      operands[name] = re.findall(r"%([^\s,()]+)", args.group(1)) if args else []
     if called:
       calls[name] = called.group(1)
   names = dict(own)
   for name, called in calls.items():
     if not names.get(name) and called in computation_op_name:
       names[name] = computation_op_name[called]
+
+  def inherited(name: str, depth: int) -> str:
+    found = [op for op in (names.get(o) or (inherited(o, depth - 1) if depth else "") for o in operands.get(name, ()))
+             if op and part_of(op) != UNSCOPED]
+    return next((op for op in found if part_of(op).endswith(" backward")), found[0] if found else "")
+
+  for name in [n for n, op_name in names.items() if not op_name and n in operands]:
+    names[name] = inherited(name, 3)
   for name, op_name in list(names.items()):
     names.setdefault(_kernel_name(name), op_name)
   return names
