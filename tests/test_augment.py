@@ -205,6 +205,27 @@ def test_blur_of_the_batch_matches_numpy_and_is_off_when_not_drawn():
   np.testing.assert_allclose(same, x.astype(np.float32), atol=2e-2)
 
 
+def test_compiled_augmentation_equals_the_op_by_op_one():
+  """Under jit XLA may compute a value twice, rounded differently; the hue sector must not hinge on an exact tie
+  (dm-pix's `value == red` sent a third of the values to the wrong sector, by up to the whole [0, 1] range)."""
+  x = _images(b=4, s=32, seed=5)
+  compiled = np.asarray(augment.augment_batch(x, jax.random.key(21), out_size=32))
+  with jax.disable_jit():
+    op_by_op = np.asarray(augment.augment_batch(x, jax.random.key(21), out_size=32))
+  np.testing.assert_allclose(compiled, op_by_op, atol=2e-3)
+
+
+@pytest.mark.parametrize("delta", [0.1, -0.25, 0.45])
+def test_hue_shift_matches_dm_pix_op_by_op(delta):
+  import dm_pix as pix  # pylint: disable=import-outside-toplevel
+
+  rgb = np.random.default_rng(3).random((3, 16, 16)).astype(np.float32)
+  rgb[1, :4] = rgb[0, :4]  # ties between the largest channels
+  with jax.disable_jit():
+    expected = pix.adjust_hue(rgb, delta, channel_axis=0)
+  np.testing.assert_allclose(augment._adjust_hue(rgb, delta), expected, atol=1e-5)  # pylint: disable=protected-access
+
+
 def test_options_from_dict_off_and_validation():
   opts = augment.AugmentOptions.from_dict({"crop_scale": [0.5, 1.0], "hue": 0.1})
   assert opts.crop_scale == (0.5, 1.0) and opts.hue == 0.1 and opts.enabled
