@@ -41,11 +41,14 @@ NOT_IN_HLO = "(not in the HLO)"
 UNSCOPED = "(outside any named scope)"
 
 
+def _gunzipped(data: bytes) -> bytes:
+  """data, decompressed if it is gzipped (the device script brings traces and HLO back gzipped)."""
+  return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
 def text_of(data: bytes) -> str:
-  """The text of a file's bytes, gunzipped if they are gzipped (the device script brings the HLO back gzipped)."""
-  if data[:2] == b"\x1f\x8b":
-    data = gzip.decompress(data)
-  return data.decode("utf-8")
+  """The text of a file's bytes, gunzipped if they are gzipped."""
+  return _gunzipped(data).decode("utf-8")
 
 
 def _kernel_name(name: str) -> str:
@@ -175,8 +178,7 @@ def summarize(serialized: bytes, *, by: str = "op", hlo_text: str | None = None)
     raise ValueError(f"profile_summary: grouping {by!r} is not one of {GROUPINGS}")
   if by == "part" and not hlo_text:
     raise ValueError("profile_summary: grouping by part needs the traced step's optimized HLO text")
-  if serialized[:2] == b"\x1f\x8b":
-    serialized = gzip.decompress(serialized)
+  serialized = _gunzipped(serialized)
   # The profile's planes, lines and events are one-pass iterators: read them into lists once.
   planes = [(plane.name, [(line.name, list(line.events)) for line in plane.lines])
             for plane in ProfileData.from_serialized_xspace(serialized).planes]
