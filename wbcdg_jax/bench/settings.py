@@ -151,9 +151,9 @@ class Settings:
 # The implementations timed against the defaults (same function, configs/base.py fields); the quick and tiny
 # presets (the CPU ones) keep the state undonated and the plain stem, so their variants try the other way.
 _VARIANTS = ("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "stem_space_to_depth=false",
-             "relu_grad_from_output=false", "train.check_updated_params=true")
-_CPU_VARIANTS = tuple(v.replace("stem_space_to_depth=false", "stem_space_to_depth=true") for v in _VARIANTS) + (
-    "train.donate_state=true",)
+             "relu_grad_from_output=false", "train.check_updated_params=true", "train.donate_state=false")
+_CPU_VARIANTS = tuple(v.replace("=false", "=true") if v.startswith(("stem_space_to_depth", "train.donate_state")) else v
+                      for v in _VARIANTS)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
