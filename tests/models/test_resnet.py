@@ -194,6 +194,24 @@ def test_relu_grad_from_output_is_relu(dtype):
   np.testing.assert_array_equal(per_row, [0.0, 0.0, 0.0, 2.0, 2.0])
 
 
+def _relu_mask_operands(relu):
+  """What the compiled gradient of a ReLU layer compares against zero: the operand of every `compare`."""
+  def loss(w, x):
+    return jnp.sum(relu(x @ w + 1.0) ** 2)
+
+  hlo = jax.jit(jax.grad(loss)).lower(jnp.ones((4, 8)), jnp.ones((2, 4))).compile().as_text()
+  return [line.split(" compare(")[1].split(",")[0] for line in hlo.splitlines() if " compare(" in line]
+
+
+def test_relu_grad_from_output_keeps_its_mask_on_the_output():
+  # XLA's simplifier rewrites max(x, 0) > 0 into x > 0, which puts the pre-activation back into the backward
+  # pass (and the ReLU out of the cuDNN convolution on a GPU); the bit-level test must survive compilation.
+  operands = _relu_mask_operands(resnet.relu_grad_from_output)
+  assert operands and all("bitcast" in operand for operand in operands), operands
+  # The float comparison (jax.nn.relu's, or a naive y > 0) is simplified to read the pre-activation.
+  assert not any("bitcast" in operand for operand in _relu_mask_operands(jax.nn.relu))
+
+
 def test_relu_grad_from_output_is_the_same_model():
   x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))
   default = Classifier(num_classes=13, depth=10)
