@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # feature dropout before the head (0 / 0.1 / 0.5 in the searches)
   # How the same function is computed (speed only; see wbcdg_jax/models/resnet.py and launch/benchmark.py):
   c.model.fold_frozen_bn = True  # frozen batch norm folded into its convolution: conv(x, W * m) + t
-  c.model.max_pool = "taps"  # the stem's max pool: 'taps', 'window' or 'slices' (one function; models/resnet.py)
+  c.model.max_pool = "taps"  # the stem's max pool: 'taps', 'window', 'slices' or 'index' (one function; models/resnet.py)
   # The stem's 7x7 stride-2 conv as a 4x4 conv over 2x2 pixel blocks: on one H100 1.08x (batch 64) and 1.05x
   # (256) faster steps, and a batch-64 step compiles in ~25 s instead of ~115 s; about 1.0x on a CPU.
   c.model.stem_space_to_depth = True
@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.lr = 5e-5
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 0.0  # global-norm clipping; 0 disables it
+  # Run the optimizer on one vector of all parameters (optax.flatten): a few large kernels instead of one or more
+  # per parameter array (the same update; the checkpointed moments are one vector, so resume with the same value).
+  c.optim.flatten = False
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 5001

@@ -96,11 +96,12 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
                  else stage2_variables(model, config, init_key, stage1_dir))
   if stage == 1:
     tx = make_optimizer(config.optim.name, float(config.optim.lr), float(config.optim.weight_decay),
-                        float(config.optim.grad_clip))
+                        float(config.optim.grad_clip), flatten=bool(config.optim.flatten))
   else:
     trainable = {"encoder": jax.tree.map(lambda _: False, variables["params"]["encoder"]),
                  "head": jax.tree.map(lambda _: True, variables["params"]["head"])}
-    tx = make_optimizer(config.optim.name, float(config.decoupled.lr), trainable=trainable)
+    tx = make_optimizer(config.optim.name, float(config.decoupled.lr), trainable=trainable,
+                        flatten=bool(config.optim.flatten))
   dim = feature_dim(int(config.model.depth))
   disc, disc_params = init_discriminator(spec, key=disc_key, feature_dim=dim, width=int(config.dann.width),
                                          depth=int(config.dann.depth), dropout=float(config.dann.dropout))

@@ -35,12 +35,14 @@ class TrainState:
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, grad_clip: float = 0.0,
-                   trainable: Any = None) -> optax.GradientTransformation:
+                   trainable: Any = None, flatten: bool = False) -> optax.GradientTransformation:
   """Adam or AdamW (no schedule, DomainBed style), optional global-norm clipping.
 
   Args:
     trainable: optional pytree of bools shaped like the params; False leaves are frozen (their updates are zero
       and they hold no optimizer moments).
+    flatten: update one float32 vector of all (trainable) parameters (optax.flatten): the same arithmetic, in a
+      few large kernels; the moments are then stored as that vector.
   """
   if name == "adam":
     tx = optax.adam(lr) if not weight_decay else optax.chain(optax.add_decayed_weights(weight_decay),
@@ -51,6 +53,8 @@ def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, grad_clip: f
     raise ValueError(f"config.optim.name={name!r} is not 'adam' or 'adamw'")
   if grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
+  if flatten:
+    tx = optax.flatten(tx)
   if trainable is not None:
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
     tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)

@@ -5,14 +5,17 @@
 #   here, once:  bash launch/device/fetch_wheels.sh     # wheels the GPU image lacks -> .whl/ (git-ignored)
 #   device call: bash launch/device/gpu_check.sh PART   # carry [".whl"]
 #
-# PART (one H100, 2026-11-26: with the space-to-depth stem (the default) a ResNet-50 step compiles in ~25 s at
-# total batch 64; with the plain 7x7 stride-2 stem it took ~115-140 s, autotuning cache or not):
-#   full   everything in one process: every algorithm, PyTorch eager and torch.compile, the variants, the BoDA
-#          refresh, the input pipeline and full loop (12 grain workers), scaling, profiles of BoDA at 64 and 256;
-#          then, in the time left of a 10-minute call, the GPU test subset                            (~6-9 min)
+# PART (one H100; session 7, 2026-11-27: 17 steps compiled 8 at a time took 262 s, 140-165 s each at total batch
+# 64 (25 s alone in session 5); with the compilation cache of an earlier call on the same warm machine, ~11 s):
+#   full   everything in one process: every algorithm, PyTorch eager and torch.compile, the variants, the input
+#          pipeline and full loop (12 grain workers), the BoDA refresh, scaling, profiles of BoDA at 64 and 256;
+#          then, in the time left of a 10-minute call, the GPU test subset. Session 7's full (563 s) stopped in
+#          the pipeline section, after the refresh (since then: the pipeline first, 2 GPU variants, not 7) (~8-9 min)
 #   steps  every algorithm's step at batch 64, and the profile                                       (~2-4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~4-6 min)
-#   rest   BoDA refresh, input pipeline, scaling, the GPU test subset                                 (~3-4 min)
+#   rest   input pipeline, BoDA refresh, scaling, the GPU test subset                                 (~3-4 min)
+# A session has 15 device minutes, machine start included (~30 s): `full`, then `rest` on the still-warm machine
+# if 4+ minutes are left, then give the machine back.
 # dry run here: PYTHON=/path/to/venv/bin/python WHEELS=0 BENCH_ARGS=--smoke OUT=/tmp/dry bash ... PART
 # then, here: python launch/benchmark.py --merge=<the parts' JSON files> --json=... gives one table and the targets.
 #
@@ -71,7 +74,7 @@ gpu_tests() {  # gpu_tests SECONDS: the models and train steps keep their contra
 case "$PART" in
   full)
     rm -rf /tmp/wbcdg_profile
-    LIMIT=${FULL_LIMIT:-540} bench full --num_workers="${NUM_WORKERS:-12}" --torch_timeout_s="${TORCH_LIMIT:-200}" \
+    LIMIT=${FULL_LIMIT:-550} bench full --num_workers="${NUM_WORKERS:-12}" --torch_timeout_s="${TORCH_LIMIT:-200}" \
       --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
     profile_files
     left=$(( ${CALL_LIMIT:-585} - SECONDS ))

@@ -228,9 +228,10 @@ def test_relu_grad_from_output_is_the_same_model():
                jax.grad(loss)(variables, plain)["params"])
 
 
-def test_max_pool_taps_sends_no_gradient_from_a_nan_window():
+@pytest.mark.parametrize("impl", ["taps", "index"])
+def test_max_pool_sends_no_gradient_from_a_nan_window(impl):
   x = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1).at[0, 0, 0, 0].set(jnp.nan)
-  y, vjp = jax.vjp(lambda u: resnet._max_pool_3x3_s2(u, "taps"), x)
+  y, vjp = jax.vjp(lambda u: resnet._max_pool_3x3_s2(u, impl), x)
   dx = vjp(jnp.ones_like(y))[0]
   assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(np.asarray(dx)).all()
   assert float(dx[0, 0, 0, 0]) == 0.0  # the NaN window's output sends its gradient nowhere
@@ -238,7 +239,7 @@ def test_max_pool_taps_sends_no_gradient_from_a_nan_window():
       jnp.ones_like(y))[0][1])
 
 
-@pytest.mark.parametrize("impl", ["taps", "slices"])
+@pytest.mark.parametrize("impl", ["taps", "slices", "index"])
 def test_max_pool_implementations_are_the_same_function(impl):
   x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))  # odd and even sides
   window = ResNetEncoder(depth=10, max_pool="window")
@@ -254,9 +255,10 @@ def test_max_pool_implementations_are_the_same_function(impl):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_other, g_window)
 
 
+@pytest.mark.parametrize("impl", ["taps", "index"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 9, 9, 3), (3, 8, 11, 2), (1, 2, 1, 1)])
-def test_max_pool_taps_gradient_is_select_and_scatter(shape, dtype):
+def test_max_pool_gradient_is_select_and_scatter(shape, dtype, impl):
   # Ties on purpose (rounded values, zeros as after a ReLU): the gradient must go to the first maximum of each
   # window, as select-and-scatter sends it, not be split, and overlapping windows must add up.
   x = jnp.round(2 * jnp.maximum(jax.random.normal(jax.random.key(0), shape), 0)).astype(dtype)
@@ -268,7 +270,7 @@ def test_max_pool_taps_gradient_is_select_and_scatter(shape, dtype):
     return y, vjp(g)[0]
 
   y_window, dx_window = pool_and_grad("window", x, g)
-  y_taps, dx_taps = pool_and_grad("taps", x, g)
+  y_taps, dx_taps = pool_and_grad(impl, x, g)
   assert y_taps.shape == g.shape and y_taps.dtype == dtype
   np.testing.assert_array_equal(np.asarray(y_taps, np.float32), np.asarray(y_window, np.float32))
   assert dx_taps.dtype == dtype
