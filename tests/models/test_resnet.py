@@ -212,6 +212,17 @@ def test_relu_grad_from_output_keeps_its_mask_on_the_output():
   assert not any("bitcast" in operand for operand in _relu_mask_operands(jax.nn.relu))
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN fusion: GPU only")
+def test_relu_fuses_into_the_cudnn_convolution_on_a_gpu():
+  # What the bit-level mask is for: in a training step every ReLU after a convolution runs inside it.
+  model = Classifier(num_classes=13, depth=10, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  variables = model.init(jax.random.key(1), x)
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x)[1])))
+  hlo = grad.lower(variables).compile().as_text()
+  assert hlo.count('"activation_mode":"kRelu"') >= 9, "ReLUs not fused into cuDNN convolutions"  # stem + 8 blocks
+
+
 def test_relu_grad_from_output_is_the_same_model():
   x = jax.random.normal(jax.random.key(0), (2, 33, 32, 3))
   default = Classifier(num_classes=13, depth=10)
