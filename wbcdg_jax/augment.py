@@ -150,8 +150,8 @@ def _mirror(p: jax.Array, size: int) -> jax.Array:
 
 
 def _bilinear(img: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
-  """Samples img [C,H,W] at float pixel coordinates py, px [h,w] (clamped to the image) -> [C,h,w]."""
-  h, w = img.shape[1:]
+  """Samples img [H,W,C] at float pixel coordinates py, px [h,w] (clamped to the image) -> [h,w,C]."""
+  h, w = img.shape[:2]
   py = jnp.clip(py, 0.0, h - 1.0)
   px = jnp.clip(px, 0.0, w - 1.0)
   y0 = jnp.floor(py)
@@ -162,14 +162,15 @@ def _bilinear(img: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
   x0 = x0.astype(jnp.int32)
   y1 = jnp.minimum(y0 + 1, h - 1)
   x1 = jnp.minimum(x0 + 1, w - 1)
-  top = img[:, y0, x0] * (1 - wx) + img[:, y0, x1] * wx
-  bottom = img[:, y1, x0] * (1 - wx) + img[:, y1, x1] * wx
+  wy, wx = wy[..., None], wx[..., None]
+  top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
+  bottom = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
   return top * (1 - wy) + bottom * wy
 
 
 def _geometry(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions) -> jax.Array:
-  """Random resized crop + flips + rotation as one resampling: img [3,H,W] -> [3,out,out]."""
-  h, w = img.shape[1:]
+  """Random resized crop + flips + rotation as one resampling: img [H,W,3] -> [out,out,3]."""
+  h, w = img.shape[:2]
   k_area, k_ratio, k_cy, k_cx, k_fy, k_fx, k_rot = jax.random.split(key, 7)
   area = jax.random.uniform(k_area, (), minval=opt.crop_scale[0], maxval=opt.crop_scale[1])
   log_ratio = jax.random.uniform(k_ratio, (), minval=math.log(opt.crop_ratio[0]),
@@ -291,8 +292,12 @@ def _blur(img: jax.Array, key: jax.Array, opt: AugmentOptions) -> jax.Array:
 
 
 def _augment_one(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions) -> jax.Array:
+  """img [H,W,3] -> [3,out,out]: the resampling reads whole pixels; the color ops and the blur run on planes."""
   k_geo, k_color, k_blur = jax.random.split(key, 3)
-  img = _geometry(img, k_geo, out_size, opt)
+  # Planar only after the resampling: resampling planes, XLA:GPU transposed each of the four bilinear taps'
+  # gathered pixels to planes on its own (four full-size transposes, 0.44 ms of a 34.6 ms step at batch 256 on an
+  # H100) before adding them up.
+  img = jnp.moveaxis(_geometry(img, k_geo, out_size, opt), -1, 0)
   img = _color(img, k_color, opt)
   if opt.blur_p > 0:
     img = _blur(img, k_blur, opt)
@@ -326,7 +331,7 @@ def augment_batch(images: jax.Array, key: jax.Array, *, out_size: int,
   x = images.astype(jnp.float32) / 255.0
   x = _resize(x, _working_size(images.shape[1], out_size, options))
   keys = jax.random.split(key, images.shape[0])
-  # Planar [B, 3, H, W] inside: the per-pixel ops then run along rows of pixels, which a CPU vectorizes, instead of
-  # across 3 interleaved channels.
-  x = jax.vmap(_augment_one, in_axes=(0, 0, None, None))(jnp.moveaxis(x, -1, 1), keys, out_size, options)
+  # Planar [B, 3, h, w] after the resampling: the per-pixel ops then run along rows of pixels, which a CPU
+  # vectorizes, instead of across 3 interleaved channels, and the blur is one matrix product per plane.
+  x = jax.vmap(_augment_one, in_axes=(0, 0, None, None))(x, keys, out_size, options)
   return _normalize(jnp.moveaxis(x, 1, -1))
