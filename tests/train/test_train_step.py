@@ -157,6 +157,15 @@ def test_update_that_overflows_the_parameters_is_dropped():
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
 
 
+def _stage_with(module: str, mesh, settings: dict):
+  """tiny_config(module) with settings ({'train.donate_state': False, ...}) applied, and its built stage."""
+  config = tiny_config(module)
+  for path, value in settings.items():
+    section, field = path.split(".")
+    config[section][field] = value
+  return config, build_stage(config, mesh=mesh, counts=tiny_counts())
+
+
 @pytest.mark.parametrize("module", ["erm", "dann"])
 def test_unchecked_parameters_give_the_same_step(module):
   # train.check_updated_params=False only drops the check of the new parameters: a normal step writes the same
@@ -164,9 +173,7 @@ def test_unchecked_parameters_give_the_same_step(module):
   mesh = sharding.make_mesh()
   results = {}
   for check in (True, False):
-    config = tiny_config(module)
-    config.train.check_updated_params = check
-    stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+    config, stage = _stage_with(module, mesh, {"train.check_updated_params": check})
     state, metrics = stage.train_step(stage.state, sharding.shard_batch(tiny_batch(config), mesh))
     results[check] = (jax.device_get(state), float(metrics["finite"]))
   (checked, finite_checked), (unchecked, finite_unchecked) = results[True], results[False]
@@ -198,9 +205,7 @@ def test_donated_and_kept_state_give_the_same_step():
   mesh = sharding.make_mesh()
   results = {}
   for donate in (True, False):
-    config = tiny_config("dann")
-    config.train.donate_state = donate
-    stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+    config, stage = _stage_with("dann", mesh, {"train.donate_state": donate})
     old = stage.state
     state, metrics = stage.train_step(old, sharding.shard_batch(tiny_batch(config), mesh))
     assert float(metrics["finite"]) == 1.0
@@ -219,10 +224,8 @@ def test_flattened_optimizer_gives_the_same_steps(module):
   mesh = sharding.make_mesh()
   results = {}
   for flatten in (False, True):
-    config = tiny_config(module)
-    config.optim.flatten = flatten
-    config.optim.name, config.optim.weight_decay, config.optim.grad_clip = "adamw", 1e-2, 0.5
-    stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+    config, stage = _stage_with(module, mesh, {"optim.flatten": flatten, "optim.name": "adamw",
+                                               "optim.weight_decay": 1e-2, "optim.grad_clip": 0.5})
     if module == "boda_decoupled":
       variables = jax.device_get({"params": stage.state.params, "batch_stats": stage.state.batch_stats})
       stage = build_stage(config, mesh=mesh, counts=tiny_counts(), stage=2, variables=variables)

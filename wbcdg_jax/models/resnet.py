@@ -245,21 +245,27 @@ def _max_pool_taps_fwd(x, window, strides, padding):
   return y, (x, y)
 
 
+def _tap_gradient(g, won, k: int, window: int, strides: int, padding: int, size: tuple[int, int]):
+  """The input gradient [B, H, W, C] (size = (H, W)) that tap k of the windows sends: g [B, Ho, Wo, C] where `won`
+  (that tap holds its window's maximum), placed on the input pixels the tap read, zero elsewhere."""
+  i, j = divmod(k, window)
+  h, w = size
+  zero = jnp.zeros((), g.dtype)
+  # Output (r, s) read input (strides*r + i - padding, strides*s + j - padding): interior padding spreads the
+  # tap's gradient back onto that grid (negative edge padding crops the rows and columns of the padding).
+  rows = (i - padding, h - (i - padding + strides * (g.shape[1] - 1) + 1), strides - 1)
+  cols = (j - padding, w - (j - padding + strides * (g.shape[2] - 1) + 1), strides - 1)
+  return jax.lax.pad(jnp.where(won, g, zero), zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
+
+
 def _max_pool_taps_bwd(window, strides, padding, residuals, g):
   x, y = residuals
-  h, w = x.shape[1], x.shape[2]
-  zero = jnp.zeros((), g.dtype)
   taken = jnp.zeros(y.shape, bool)
   dx = jnp.zeros(x.shape, g.dtype)
   for k, tap in enumerate(_window_taps(x, window, window, strides, padding, -jnp.inf)):
-    i, j = divmod(k, window)
     first = (tap == y) & ~taken  # this tap holds the window's maximum and no earlier tap did
     taken = taken | first
-    # Output (r, s) read input (strides*r + i - padding, strides*s + j - padding): interior padding spreads the
-    # tap's gradient back onto that grid (negative edge padding crops the rows and columns of the padding).
-    rows = (i - padding, h - (i - padding + strides * (y.shape[1] - 1) + 1), strides - 1)
-    cols = (j - padding, w - (j - padding + strides * (y.shape[2] - 1) + 1), strides - 1)
-    dx = dx + jax.lax.pad(jnp.where(first, g, zero), zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
+    dx = dx + _tap_gradient(g, first, k, window, strides, padding, x.shape[1:3])
   return (dx,)
 
 
@@ -286,16 +292,8 @@ def _max_pool_index_fwd(x, window, strides, padding, size):
 
 
 def _max_pool_index_bwd(window, strides, padding, size, first, g):
-  h, w = size
-  zero = jnp.zeros((), g.dtype)
-  dx = None
-  for k in range(window * window):
-    i, j = divmod(k, window)
-    rows = (i - padding, h - (i - padding + strides * (g.shape[1] - 1) + 1), strides - 1)
-    cols = (j - padding, w - (j - padding + strides * (g.shape[2] - 1) + 1), strides - 1)
-    term = jax.lax.pad(jnp.where(first == k, g, zero), zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
-    dx = term if dx is None else dx + term
-  return (dx,)
+  terms = (_tap_gradient(g, first == k, k, window, strides, padding, size) for k in range(window * window))
+  return (functools.reduce(jnp.add, terms),)
 
 
 _max_pool_index.defvjp(_max_pool_index_fwd, _max_pool_index_bwd)
