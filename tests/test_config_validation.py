@@ -106,7 +106,7 @@ def test_int_for_float_list_for_tuple_and_none_for_optional_paths_are_accepted()
 def test_section_replaced_by_a_value_is_named():
   d = erm.get_config("tiny").to_dict()
   d["optim"] = 1e-3
-  _raises(ml_collections.ConfigDict(d), "config.optim should be a section (ConfigDict) with fields grad_clip, lr",
+  _raises(ml_collections.ConfigDict(d), "config.optim should be a section (ConfigDict) with fields ", "grad_clip, lr",
           "got float 0.001")
 
 
