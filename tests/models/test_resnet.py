@@ -281,14 +281,14 @@ def test_max_pool_gradient_is_select_and_scatter(shape, dtype, impl):
     return y, vjp(g)[0]
 
   y_window, dx_window = pool_and_grad("window", x, g)
-  y_taps, dx_taps = pool_and_grad(impl, x, g)
-  assert y_taps.shape == g.shape and y_taps.dtype == dtype
-  np.testing.assert_array_equal(np.asarray(y_taps, np.float32), np.asarray(y_window, np.float32))
-  assert dx_taps.dtype == dtype
+  y_impl, dx_impl = pool_and_grad(impl, x, g)
+  assert y_impl.shape == g.shape and y_impl.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(y_impl, np.float32), np.asarray(y_window, np.float32))
+  assert dx_impl.dtype == dtype
   tol = 1e-6 if dtype == jnp.float32 else 2e-2  # overlapping windows add in another order
-  np.testing.assert_allclose(np.asarray(dx_taps, np.float32), np.asarray(dx_window, np.float32), rtol=tol, atol=tol)
+  np.testing.assert_allclose(np.asarray(dx_impl, np.float32), np.asarray(dx_window, np.float32), rtol=tol, atol=tol)
   # Each output's gradient lands once: the sums agree whatever the ties.
-  np.testing.assert_allclose(float(jnp.sum(dx_taps.astype(jnp.float32))), float(jnp.sum(g.astype(jnp.float32))),
+  np.testing.assert_allclose(float(jnp.sum(dx_impl.astype(jnp.float32))), float(jnp.sum(g.astype(jnp.float32))),
                              rtol=tol, atol=10 * tol)
 
 

@@ -234,6 +234,10 @@ def _max_pool_window(x, window: int, strides: int, padding: int):
   return nn.max_pool(x, (window, window), strides=(strides, strides), padding=((padding, padding),) * 2)
 
 
+def _max_pool_slices(x, window: int, strides: int, padding: int):
+  return functools.reduce(jnp.maximum, _window_taps(x, window, window, strides, padding, -jnp.inf))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_taps(x, window: int, strides: int, padding: int):
   """Square max pool of [B, H, W, C] (-inf padding) whose gradient is built from the window taps (see above)."""
@@ -276,7 +280,7 @@ _max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
 def _max_pool_index(x, window: int, strides: int, padding: int, size: tuple[int, int]):
   """Square max pool of x [B, H, W, C] (-inf padding; size = (H, W)) that keeps, for its gradient, only which tap
   of each window won (see above)."""
-  return functools.reduce(jnp.maximum, _window_taps(x, window, window, strides, padding, -jnp.inf))
+  return _max_pool_slices(x, window, strides, padding)
 
 
 def _max_pool_index_fwd(x, window, strides, padding, size):
@@ -307,7 +311,7 @@ def _max_pool_3x3_s2(x, impl: str):
     return _max_pool_taps(x, 3, 2, 1)
   if impl == "index":
     return _max_pool_index(x, 3, 2, 1, x.shape[1:3])
-  return functools.reduce(jnp.maximum, _window_taps(x, 3, 3, 2, 1, -jnp.inf))
+  return _max_pool_slices(x, 3, 2, 1)
 
 
 class _Block(nn.Module):
