@@ -33,6 +33,8 @@ _VARIANTS = flags.DEFINE_list("variants", None, "Variants timed against the defa
                               "'none' for none.")
 _VARIANT_BATCHES = flags.DEFINE_list("variant_batches", None, "Total batches of the variants (default: "
                                      "--torch_batches).")
+_TORCH_COMPILE_MODES = flags.DEFINE_list("torch_compile_modes", None, "torch.compile modes timed, a child process "
+                                         f"each: {', '.join(settings_lib.TORCH_COMPILE_MODES)}.")
 _PROFILE_BATCHES = flags.DEFINE_list("profile_batches", None, "Total batches traced with --profile_dir (default: "
                                      "--batch).")
 _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
@@ -56,6 +58,8 @@ _SCALE = flags.DEFINE_float("synthetic_scale", None, "Fraction of the real datas
 _FAST_COMPILE = flags.DEFINE_bool("fast_compile", None, "Compile with XLA backend optimisations off.")
 _COMPILE_AHEAD = flags.DEFINE_bool("compile_ahead", None, "Compile every section's steps in one round before "
                                    "timing any (shorter; a run stopped while compiling keeps nothing).")
+_COMPILE_SEEDS = flags.DEFINE_bool("compile_seeds", None, "Compile one step per total batch before the others "
+                                   "(on a GPU they reuse its autotuned convolutions).")
 
 
 def settings_from_flags() -> settings_lib.Settings:
@@ -63,11 +67,14 @@ def settings_from_flags() -> settings_lib.Settings:
   overrides["synthetic_scale"] = _SCALE.value
   overrides["fast_compile"] = _FAST_COMPILE.value
   overrides["compile_ahead"] = _COMPILE_AHEAD.value
+  overrides["compile_seeds"] = _COMPILE_SEEDS.value
   if _ALGORITHMS.value is not None:
     overrides["algorithms"] = (tuple(settings_lib.ALGORITHMS) if _ALGORITHMS.value == ["all"]
                                else tuple(_ALGORITHMS.value))
   if _SECTIONS.value is not None:
     overrides["sections"] = tuple(_SECTIONS.value)
+  if _TORCH_COMPILE_MODES.value is not None:
+    overrides["torch_compile_modes"] = tuple(_TORCH_COMPILE_MODES.value)
   if _VARIANTS.value is not None:
     overrides["variants"] = () if _VARIANTS.value == ["none"] else tuple(_VARIANTS.value)
   for name, flag in (("torch_batches", _TORCH_BATCHES), ("variant_batches", _VARIANT_BATCHES),

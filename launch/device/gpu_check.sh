@@ -5,14 +5,16 @@
 #   here, once:  bash launch/device/fetch_wheels.sh     # wheels the GPU image lacks -> .whl/ (git-ignored)
 #   device call: bash launch/device/gpu_check.sh PART   # carry [".whl"]
 #
-# PART (one H100; session 7, 2026-11-27: 17 steps compiled 8 at a time took 262 s, 140-165 s each at total batch
-# 64 (25 s alone in session 5); with the compilation cache of an earlier call on the same warm machine, ~11 s):
-#   full   everything in one process: every algorithm, PyTorch eager and torch.compile, the variants, the input
-#          pipeline and full loop (12 grain workers), the BoDA refresh, scaling, profiles of BoDA at 64 and 256;
-#          then, in the time left of a 10-minute call, the GPU test subset. Session 7's full (563 s) stopped in
-#          the pipeline section, after the refresh (since then: the pipeline first, 3 GPU variants, not 7) (~8-9 min)
+# PART (one H100; session 7, 2026-11-27: 17 steps compiled 8 at a time took 262 s, 140-165 s each in the first
+# round, all autotuning the same convolutions one at a time, and 25-35 s each after it; the gpu preset now compiles
+# ERM's step at each batch first (--compile_seeds); with the compilation cache of an earlier call, ~11 s):
+#   full   everything in one process: every algorithm, PyTorch eager and torch.compile (default and
+#          reduce-overhead modes), the variants, the input pipeline and full loop (12 grain workers), the BoDA
+#          refresh, scaling, profiles of BoDA at 64 and 256; then, in the time left of a 10-minute call, the GPU
+#          test subset. Session 7's full (563 s) stopped in the pipeline section, after the refresh (since then:
+#          the pipeline first, 3 GPU variants, not 7, the seeded compiles, one more PyTorch child)     (~8-9 min)
 #   steps  every algorithm's step at batch 64, and the profile                                       (~2-4 min)
-#   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~4-6 min)
+#   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~5-7 min)
 #   rest   input pipeline, BoDA refresh, scaling, the GPU test subset                                 (~3-4 min)
 # A session has 15 device minutes, machine start included (~30 s): `full`, then `rest` on the still-warm machine
 # if 4+ minutes are left, then give the machine back.

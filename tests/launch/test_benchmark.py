@@ -9,11 +9,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from wbcdg_jax.bench import report, runner, settings as settings_lib
-from wbcdg_jax.bench.steps import algorithm_config
+from wbcdg_jax.bench.steps import StepCache, algorithm_config, seed_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -92,6 +93,88 @@ def test_torch_child_rows_survive_a_cut_short_child():
   assert [(r["batch"], r["status"]) for r in rows] == [(64, "ok"), (256, "skipped")]
   assert rows[1]["reason"] == "child ran past --torch_timeout_s=5"
   assert [r["status"] for r in runner.rows_from_child("", spec, "child exited with 1")] == ["skipped"] * 2
+
+
+def test_torch_children_one_per_compile_mode(monkeypatch):
+  """Eager, then a child per torch.compile mode; when compile is off, a skipped row per mode and batch."""
+  specs = []
+
+  def child(spec, timeout_s):
+    specs.append(spec)
+    return [{"variant": spec["variant"], "batch": b, "status": "ok", "images_per_s": 10.0, "impl": "x",
+             "torch": "2", "device": "cpu"} for b in spec["batches"]]
+
+  monkeypatch.setattr(runner, "_torch_child", child)
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+  settings = settings_lib.make_settings("smoke", torch_compile="on", torch_compile_modes=("default", "reduce-overhead"))
+  config = algorithm_config("erm", settings, 8)
+  rows = runner.torch_rows(settings, config)["rows"]
+  assert [(s["variant"], s["mode"]) for s in specs] == [("eager", None), ("compile", "default"),
+                                                         ("compile reduce-overhead", "reduce-overhead")]
+  assert [r["name"] for r in rows] == ["torch eager", "torch.compile", "torch.compile reduce-overhead"]
+  specs.clear()
+  rows = runner.torch_rows(settings_lib.make_settings("smoke", torch_compile_modes=("default", "reduce-overhead")),
+                           config)["rows"]
+  assert [s["variant"] for s in specs] == ["eager"]
+  assert [(r["name"], r["status"], r.get("reason")) for r in rows[1:]] == [
+      ("torch.compile", "skipped", "--torch_compile=off"),
+      ("torch.compile reduce-overhead", "skipped", "--torch_compile=off")]
+  with pytest.raises(ValueError, match=r"--torch_compile_modes=default,cudagraphs: choose one or more of default, "
+                                       r"reduce-overhead"):
+    settings_lib.make_settings("smoke", torch_compile_modes=("default", "cudagraphs"))
+
+
+def test_ratios_and_targets_against_every_torch_compile_mode():
+  torch_rows = [{"variant": v, "batch": 64, "status": "ok", "images_per_s": ips}
+                for v, ips in (("eager", 50.0), ("compile reduce-overhead", 100.0), ("compile", 80.0))]
+  torch_rows.append({"variant": "compile", "batch": 256, "status": "skipped", "reason": "x"})
+  section = {"rows": torch_rows}
+  jax_rows = [{"name": "boda", "batch": 64, "images_per_s": 120.0},
+              {"name": "boda", "batch": 256, "images_per_s": 300.0}]
+  runner.compare_with_torch(section, jax_rows)
+  assert section["ratios"] == {"64": {"boda / torch.compile": 1.5, "boda / torch.compile reduce-overhead": 1.2,
+                                      "boda / torch eager": 2.4}}
+  at_64 = next(r for r in section["rows"] if r.get("name") == "JAX boda" and r["batch"] == 64)
+  assert (at_64["ratio"], at_64["ratio_to"]) == (1.5, "torch.compile")  # the issue's reference: the default mode
+  assert next(r for r in section["rows"] if r.get("name") == "JAX boda" and r["batch"] == 256).get("ratio") is None
+  targets = report.targets({"sections": {"torch": section}})
+  assert {k: t["met"] for k, t in targets.items()} == {"BoDA / torch.compile at batch 64": True,
+                                                       "BoDA / torch.compile reduce-overhead at batch 64": False}
+
+
+def test_seed_steps_pick_erm_once_per_batch_and_device_count():
+  keys = runner.steps_to_compile(settings_lib.make_settings("gpu", profile_dir="/tmp/unused"))
+  assert sorted(seed_steps(keys)) == [("erm", 64, 1, ""), ("erm", 256, 1, "")]
+  assert seed_steps(keys, built=[("boda", 64, 1, "")]) == [("erm", 256, 1, "")]
+  # Without ERM's default step: a stage-1 default step, before a variant or the forward-only stage 2.
+  others = [("decoupled_stage2", 8, 2, ""), ("erm", 8, 2, "max_pool=index"), ("coral", 8, 2, ""),
+            ("decoupled_stage2", 4, 1, "")]
+  assert seed_steps(others) == [("coral", 8, 2, ""), ("decoupled_stage2", 4, 1, "")]
+
+
+def test_prebuild_compiles_the_seeds_before_the_rest(monkeypatch):
+  events, logged = [], []
+
+  def fake_build(self, key):
+    events.append(("start", key))
+    time.sleep(0.05)
+    events.append(("end", key))
+    return key
+
+  monkeypatch.setattr(StepCache, "_build", fake_build)
+  keys = [("coral", 8, 1, ""), ("erm", 8, 1, ""), ("boda", 8, 1, ""), ("erm", 16, 1, "max_pool=index"),
+          ("boda", 16, 1, "")]
+  cache = StepCache(settings_lib.make_settings("smoke", compile_threads=4, compile_seeds=True), logged.append)
+  cache.prebuild(keys)
+  assert sorted(cache._built) == sorted(keys)  # pylint: disable=protected-access
+  seeds = {("erm", 8, 1, ""), ("boda", 16, 1, "")}
+  last_seed_end = max(i for i, (kind, key) in enumerate(events) if kind == "end" and key in seeds)
+  first_other = min(i for i, (kind, key) in enumerate(events) if kind == "start" and key not in seeds)
+  assert last_seed_end < first_other
+  assert logged == ["compiling first, to fill XLA's autotuning cache: erm at 8, boda at 16"]
+  events.clear()
+  cache.prebuild(keys + [("mmd", 8, 1, "")])  # a batch already compiled needs no seed
+  assert events == [("start", ("mmd", 8, 1, "")), ("end", ("mmd", 8, 1, ""))]
 
 
 def _result(device, rows, ratios=None):

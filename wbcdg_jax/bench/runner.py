@@ -76,6 +76,16 @@ def rows_from_child(stdout: str, spec: dict[str, Any], reason: str) -> list[dict
   return rows
 
 
+def torch_variant(mode: str) -> str:
+  """The variant name of a torch.compile mode: 'compile' (the default mode) or 'compile reduce-overhead'."""
+  return "compile" if mode == "default" else f"compile {mode}"
+
+
+def torch_label(variant: str) -> str:
+  """How rows and ratios name a PyTorch variant: 'torch eager', 'torch.compile', 'torch.compile reduce-overhead'."""
+  return "torch eager" if variant == "eager" else "torch." + variant
+
+
 def torch_rows(settings: Settings, config) -> dict[str, Any]:
   """PyTorch eager (and torch.compile) rows at settings.torch_batches, or the reason they were skipped."""
   if settings.torch == "off":
@@ -88,16 +98,19 @@ def torch_rows(settings: Settings, config) -> dict[str, Any]:
           "dtype": settings.dtype, "warmup": settings.warmup, "steps": settings.steps, "repeats": settings.repeats,
           "num_classes": 13, "head": config.model.head, "mlp_width": int(config.model.mlp_width),
           "lr": float(config.optim.lr)}
-  rows = _torch_child(dict(spec, variant="eager"), settings.torch_timeout_s)
+  rows = _torch_child(dict(spec, variant="eager", mode=None), settings.torch_timeout_s)
+  compiled = [torch_variant(mode) for mode in settings.torch_compile_modes]
   if settings.torch_compile == "on" or (settings.torch_compile == "auto" and
                                         any(r.get("device", "cpu") != "cpu" for r in rows)):
-    rows += _torch_child(dict(spec, variant="compile"), settings.torch_timeout_s)
+    for variant, mode in zip(compiled, settings.torch_compile_modes):
+      rows += _torch_child(dict(spec, variant=variant, mode=mode), settings.torch_timeout_s)
   else:
     reason = ("--torch_compile=off" if settings.torch_compile == "off"
               else "torch.compile runs on CUDA only unless --torch_compile=on")
-    rows += [{"variant": "compile", "batch": b, "status": "skipped", "reason": reason} for b in spec["batches"]]
+    rows += [{"variant": v, "batch": b, "status": "skipped", "reason": reason} for v in compiled
+             for b in spec["batches"]]
   for row in rows:
-    row["name"] = "torch eager" if row["variant"] == "eager" else "torch.compile"
+    row["name"] = torch_label(row["variant"])
     row["devices"] = 1
     if row.get("status") == "ok":
       row["note"] = f"{row['impl']}, torch {row['torch']}, {row['device']}"
@@ -105,16 +118,18 @@ def torch_rows(settings: Settings, config) -> dict[str, Any]:
 
 
 def compare_with_torch(torch_section: dict[str, Any], jax_rows: list[dict[str, Any]]) -> None:
-  """Adds the JAX rows and the JAX / PyTorch ratios (per batch) to the torch section, in place."""
+  """Adds the JAX rows and the JAX / PyTorch ratios (per batch, to each PyTorch variant) to the torch section, in
+  place; a JAX row's own ratio is to torch.compile's default mode if it ran, else to the first variant that ran."""
   ok = {(r["variant"], r["batch"]): r for r in torch_section["rows"] if r.get("status") == "ok"}
+  variants = sorted({v for v, _ in ok}, key=lambda v: (v != "compile", v == "eager", v))
   ratios = {}
   for row in jax_rows:
     batch = row["batch"]
-    for variant, label in (("compile", "torch.compile"), ("eager", "torch eager")):
-      ref = ok.get((variant, batch))
+    for variant in variants:
+      ref, label = ok.get((variant, batch)), torch_label(variant)
       if ref is not None:
         ratios.setdefault(str(batch), {})[f"{row['name']} / {label}"] = row["images_per_s"] / ref["images_per_s"]
-        if row.get("ratio") is None:  # the first reference that exists: torch.compile, else eager
+        if row.get("ratio") is None:
           row["ratio"], row["ratio_to"] = row["images_per_s"] / ref["images_per_s"], label
     row["name"] = f"JAX {row['name']}"
   torch_section["rows"] = torch_section["rows"] + jax_rows

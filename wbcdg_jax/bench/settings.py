@@ -1,10 +1,10 @@
 """What one benchmark run measures: a preset (gpu, cpu, smoke) with any field overridden.
 
 * `gpu`:   the paper's shapes: ResNet-50, 224 px (stored 256 px), bfloat16 compute, every algorithm at total batch
-           64, ERM and BoDA against PyTorch eager and torch.compile at total batches 64 and 256, and ERM at 256
-           with other implementations of the same step (batch norm not folded, window and slice max pools,
-           plain stride-2 stem, ReLU derivative from the input, the in-step parameter check); all compiled in one
-           round ahead of the timing; --profile_dir traces BoDA at 64 and 256.
+           64, ERM and BoDA against PyTorch eager and torch.compile (default and reduce-overhead modes) at total
+           batches 64 and 256, and ERM at 256 with the open implementation choices (_GPU_VARIANTS); all compiled
+           in one round ahead of the timing, ERM's step at each batch first; --profile_dir traces BoDA at 64 and
+           256.
 * `cpu`:   the `quick` preset's model (ResNet-10, 64 px, float32) at total batch 32; PyTorch eager only.
 * `smoke`: seconds per section (ResNet-10, 32 px, batch 8, 2 timed steps, unoptimised XLA compiles): checks that
            every section runs; its numbers mean nothing.
@@ -27,6 +27,7 @@ ALGORITHMS: dict[str, tuple[str, int]] = {
     "decoupled_stage2": ("boda_decoupled", 2),
 }
 SECTIONS = ("steps", "torch", "variants", "refresh", "pipeline", "scaling")
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclasses.dataclass
@@ -48,6 +49,8 @@ class Settings:
     steps: timed steps per window; repeats: windows (the median window is reported).
     pipeline_steps: timed batches per pipeline measurement.
     torch: 'auto' (run if torch is importable), 'on' or 'off'; torch_compile: 'auto' (on CUDA only), 'on', 'off'.
+    torch_compile_modes: the torch.compile modes timed, one child process each ('default'; 'reduce-overhead'
+      replays CUDA graphs, so PyTorch does not wait on the host's kernel launches).
     torch_timeout_s: limit on each PyTorch child process.
     scaling_algorithm: the algorithm timed over 1, 2, 4, ... devices; scaling_per_device_batch: its per-device
       batch (0: batch / device count, so the all-device row is the algorithm table's setting).
@@ -59,6 +62,8 @@ class Settings:
     compile_threads: steps compiled at once, in threads (XLA compiles release Python's lock).
     compile_ahead: compile every section's steps in one round before timing any (more compiles overlap, so the
       run is shorter; a run stopped while compiling keeps nothing), instead of each section's before its timing.
+    compile_seeds: in each round, compile one step per total batch first (ERM's), then the rest: on a GPU they
+      then reuse its autotuned convolutions instead of all tuning them at once (steps.seed_steps).
     loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
     data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
     synthetic_scale: fraction of the real dataset sizes generated.
@@ -87,6 +92,7 @@ class Settings:
   pipeline_steps: int = 10
   torch: str = "auto"
   torch_compile: str = "auto"
+  torch_compile_modes: tuple[str, ...] = ("default",)
   torch_timeout_s: int = 600
   scaling_algorithm: str = "boda"
   scaling_per_device_batch: int = 0
@@ -95,6 +101,7 @@ class Settings:
   variant_batches: tuple[int, ...] = ()
   compile_threads: int = 1
   compile_ahead: bool = False
+  compile_seeds: bool = False
   loop_algorithm: str = "boda"
   data_dir: str = ""
   synthetic_scale: float = 0.02
@@ -123,6 +130,10 @@ class Settings:
     for name in ("torch", "torch_compile"):
       if getattr(self, name) not in ("auto", "on", "off"):
         raise ValueError(f"--{name}={getattr(self, name)!r} is not 'auto', 'on' or 'off'")
+    unknown = [m for m in self.torch_compile_modes if m not in TORCH_COMPILE_MODES]
+    if unknown or not self.torch_compile_modes:
+      raise ValueError(f"--torch_compile_modes={','.join(self.torch_compile_modes)}: choose one or more of "
+                       f"{', '.join(TORCH_COMPILE_MODES)}")
     for variant in self.variants:
       parse_variant(variant)
     for name in ("torch_batches", "variant_batches", "profile_batches"):
@@ -164,8 +175,9 @@ _GPU_VARIANTS = ("relu_grad_from_output=false", "max_pool=index", "optim.flatten
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=3, pipeline_steps=40, torch_timeout_s=420,
+                torch_compile_modes=("default", "reduce-overhead"),
                 variants=_GPU_VARIANTS, variant_batches=(256,), compile_threads=8, compile_ahead=True,
-                profile_batches=(64, 256)),
+                compile_seeds=True, profile_batches=(64, 256)),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
                 torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
                 variants=_CPU_VARIANTS),

@@ -219,6 +219,29 @@ def time_step(built: BuiltStep, settings: Settings, *, steps: int | None = None,
 StepKey = tuple[str, int, int, str]  # (algorithm, total batch, devices, model variant)
 
 
+def seed_steps(keys: list[StepKey], built: Iterable[StepKey] = ()) -> list[StepKey]:
+  """The steps to compile before the others: one per (total batch, devices) that `built` has none of, ERM's
+  default step where `keys` has it.
+
+  Why: XLA:GPU autotunes each convolution and matmul while compiling, one compile at a time on a GPU (a lock), and
+  keeps the results in a per-process cache keyed by the instruction. Compiled together, steps that share the
+  backbone's shapes all wait on that lock and tune the same convolutions (one H100, session 7: 8 at a time took
+  140-165 s each; the steps compiled after them, on the filled cache, 25-35 s). Compiled after one step of
+  their shapes, they find the backbone tuned.
+  """
+  def rank(key: StepKey) -> int:  # ERM's default step; else a stage-1 step (forward and backward), default first
+    name, _, _, variant = key
+    return 0 if (name, variant) == ("erm", "") else 1 + bool(variant) + 2 * (ALGORITHMS[name][1] != 1)
+
+  done = {(batch, devices) for _, batch, devices, _ in built}
+  seeds: dict[tuple[int, int], StepKey] = {}
+  for key in keys:
+    group = (key[1], key[2])
+    if group not in done and (group not in seeds or rank(key) < rank(seeds[group])):
+      seeds[group] = key
+  return list(seeds.values())
+
+
 class StepCache:
   """Builds each (algorithm, total batch, devices, variant) step once per run; sections share them."""
 
@@ -240,7 +263,8 @@ class StepCache:
     return built
 
   def prebuild(self, keys: Iterable[StepKey]) -> None:
-    """Compiles the missing steps, settings.compile_threads at a time.
+    """Compiles the missing steps, settings.compile_threads at a time (with settings.compile_seeds, one step per
+    total batch and device count first: see `seed_steps`).
 
     XLA compiles release Python's lock and each runs mostly on one core, so threads overlap them: on one H100
     (16 cores) five ResNet-50 steps at total batch 64 compiled 4 at a time took 134-146 s each, against 127 s
@@ -251,14 +275,24 @@ class StepCache:
       return
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message="config.init.checkpoint is empty")  # random weights on purpose
-      threads = min(max(1, int(self.settings.compile_threads)), len(todo))
-      if threads == 1:
-        for key in todo:
-          self._built[key] = self._build(key)
-        return
-      with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for key, built in zip(todo, pool.map(self._build, todo)):
-          self._built[key] = built
+      if self.settings.compile_seeds:
+        seeds = seed_steps(todo, built=self._built)
+        if seeds and len(seeds) < len(todo):
+          self.log("compiling first, to fill XLA's autotuning cache: "
+                   + ", ".join(f"{step_label(k[0], k[3])} at {k[1]}" for k in seeds))
+          self._compile(seeds)
+          todo = [k for k in todo if k not in seeds]
+      self._compile(todo)
+
+  def _compile(self, todo: list[StepKey]) -> None:
+    threads = min(max(1, int(self.settings.compile_threads)), len(todo))
+    if threads == 1:
+      for key in todo:
+        self._built[key] = self._build(key)
+      return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      for key, built in zip(todo, pool.map(self._build, todo)):
+        self._built[key] = built
 
   def get(self, name: str, total_batch: int, num_devices: int | None = None, variant: str = "") -> BuiltStep:
     key = self.key(name, total_batch, num_devices, variant)

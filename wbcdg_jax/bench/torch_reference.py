@@ -8,7 +8,9 @@ torch.compile costs one section, not the run. It imports no JAX.
 The step: random images already on the device (float, ImageNet-normalised scale, no augmentation), forward,
 softmax cross-entropy, backward, Adam. Batch norm frozen as in the JAX step (BN modules in eval mode: running
 statistics fixed; their scale and bias still train). On CUDA: channels_last and bf16 autocast when the spec's
-dtype is bfloat16, fused Adam; `compile` wraps the model in torch.compile (default mode, static shapes).
+dtype is bfloat16, fused Adam. A `compile` variant wraps the model in torch.compile (static shapes) in its
+`mode`: 'default', or 'reduce-overhead', which replays the forward and backward as CUDA graphs, so that the step
+does not wait on the host's kernel launches (at total batch 64 on a slow host, PyTorch's are the bottleneck).
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ def _freeze_batch_norm(model) -> None:
         p.requires_grad_(True)
 
 
-def time_step(*, depth: int, image_size: int, batch: int, dtype: str, compile_model: bool, warmup: int, steps: int,
-              repeats: int, num_classes: int = 13, head: str = "mlp", mlp_width: int = 512, lr: float = 5e-5,
+def time_step(*, depth: int, image_size: int, batch: int, dtype: str, compile_mode: str | None, warmup: int,
+              steps: int, repeats: int, num_classes: int = 13, head: str = "mlp", mlp_width: int = 512, lr: float = 5e-5,
               device: str = "auto", seed: int = 0) -> dict[str, Any]:
   """Times the PyTorch train step.
+
+  Args:
+    compile_mode: None (eager) or a torch.compile mode ('default', 'reduce-overhead', ...).
 
   Returns:
     dict: images_per_s, step_ms (median over `repeats` windows of `steps` steps), first_call_s (first step, which
@@ -77,10 +82,14 @@ def time_step(*, depth: int, image_size: int, batch: int, dtype: str, compile_mo
     images = images.contiguous(memory_format=torch.channels_last)
   labels = torch.randint(0, num_classes, (batch,), device=device)
   opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=cuda)
-  net = torch.compile(model, dynamic=False) if compile_model else model
+  net = model if compile_mode is None else torch.compile(model, mode=compile_mode, dynamic=False)
   autocast = dtype == "bfloat16"
+  # These modes replay CUDA graphs, which reuse their output buffers: each iteration is marked as a new one.
+  graphs = compile_mode in ("reduce-overhead", "max-autotune")
 
   def step():
+    if graphs:
+      torch.compiler.cudagraph_mark_step_begin()
     opt.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
       loss = F.cross_entropy(net(images), labels)
@@ -115,12 +124,12 @@ def time_step(*, depth: int, image_size: int, batch: int, dtype: str, compile_mo
 
 
 def run(spec: dict[str, Any]):
-  """One variant ('eager' or 'compile') over spec['batches']; yields a row per batch (a failure is a row)."""
+  """One variant (spec['variant'] names it; spec['mode'] is None for eager, else the torch.compile mode) over
+  spec['batches']; yields a row per batch (a failure is a row)."""
   for batch in spec["batches"]:
     try:
       row = time_step(depth=spec["depth"], image_size=spec["image_size"], batch=batch, dtype=spec["dtype"],
-                      compile_model=spec["variant"] == "compile", warmup=spec["warmup"], steps=spec["steps"],
-                      repeats=spec["repeats"], num_classes=spec["num_classes"], head=spec["head"],
+                      compile_mode=spec["mode"], warmup=spec["warmup"], steps=spec["steps"], repeats=spec["repeats"], num_classes=spec["num_classes"], head=spec["head"],
                       mlp_width=spec["mlp_width"], lr=spec["lr"], device=spec.get("device", "auto"))
       row.update(variant=spec["variant"], status="ok")
     except Exception as e:  # pylint: disable=broad-except  # e.g. torch.compile failing: report and go on
