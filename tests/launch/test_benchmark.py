@@ -142,6 +142,16 @@ def test_ratios_and_targets_against_every_torch_compile_mode():
                                                        "BoDA / torch.compile reduce-overhead at batch 64": False}
 
 
+def test_profile_table_says_which_activations_ran_inside_the_convolutions():
+  profile = {"algorithm": "boda", "batch": 256, "source": "device kernels", "busy_ms_per_step": 30.0,
+             "wall_ms_per_step": 31.0, "by_part": [{"part": "model backward", "ms_per_step": 18.0, "share": 0.6}]}
+  plain = report.format_profile({"profiles": [profile]})
+  assert plain.startswith("Profile: boda at total batch 256, device kernels: 30.00 ms busy per step of 31.00 ms "
+                          "(traced)\n") and "| model backward | 18.000 | 60.0% |" in plain
+  gpu = report.format_profile({"profiles": [dict(profile, convolution_activations={"kRelu": 60, "kNone": 98})]})
+  assert "(traced); cuDNN convolutions by fused activation: kRelu 60, kNone 98\n" in gpu
+
+
 def test_seed_steps_pick_erm_once_per_batch_and_device_count():
   keys = runner.steps_to_compile(settings_lib.make_settings("gpu", profile_dir="/tmp/unused"))
   assert sorted(seed_steps(keys)) == [("erm", 64, 1, ""), ("erm", 256, 1, "")]

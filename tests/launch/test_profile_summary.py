@@ -113,6 +113,15 @@ def test_op_names_fall_back_to_the_fused_root_and_know_kernel_names():
   assert instruction(_Event("fusion.3")) == "fusion.3"
 
 
+def test_convolution_activations_count_the_fused_relus():
+  conv = ('  %cudnn-conv-bias-activation.{i} = (bf16[8,56,56,64]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%a, %b, %c), '
+          'custom_call_target="__cudnn$convBiasActivationForward", backend_config={{"operation_queue_id":"0",'
+          '"cudnn_conv_backend_config":{{"activation_mode":"{mode}","conv_result_scale":1}}}}')
+  hlo = "\n".join(conv.format(i=i, mode=mode) for i, mode in enumerate(["kRelu", "kNone", "kRelu"]))
+  assert profile_summary.convolution_activations(hlo) == {"kRelu": 2, "kNone": 1}
+  assert profile_summary.convolution_activations(_HLO) == {}  # no cuDNN backend config (e.g. a CPU HLO)
+
+
 def test_parts_of_events_in_and_out_of_the_hlo(monkeypatch):
   """summarize(by='part') on made-up kernel events: a command buffer's kernels (a Triton one with its '_impl'
   suffix) are traced back to their fusion's scope; one the HLO does not hold, and one without metadata, are

@@ -47,6 +47,13 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _activations(profile: dict[str, Any]) -> str:
+  """'; cuDNN convolutions by fused activation: kRelu 60, kNone 98' (XLA:GPU), else ''."""
+  modes = profile.get("convolution_activations")
+  return "; cuDNN convolutions by fused activation: " + ", ".join(f"{k} {n}" for k, n in modes.items()) if modes \
+      else ""
+
+
 def format_profile(result: dict[str, Any], top: int = 12) -> str:
   """Markdown: where each profiled step's time went, by part of the step ('' when no profile was taken)."""
   blocks = []
@@ -55,7 +62,7 @@ def format_profile(result: dict[str, Any], top: int = 12) -> str:
       continue
     lines = [f"Profile: {profile['algorithm']} at total batch {profile['batch']}, {profile['source']}: "
              f"{profile['busy_ms_per_step']:.2f} ms busy per step of {profile['wall_ms_per_step']:.2f} ms "
-             "(traced)", "| part | ms per step | share |", "| --- | ---: | ---: |"]
+             "(traced)" + _activations(profile), "| part | ms per step | share |", "| --- | ---: | ---: |"]
     lines += [f"| {row['part']} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
               for row in profile["by_part"][:top]]
     blocks.append("\n".join(lines))

@@ -249,6 +249,10 @@ def profile_step(built, settings: Settings, log: Callable[[str], None]) -> dict[
     f.write(hlo)
   out: dict[str, Any] = {"algorithm": built.name, "batch": built.total_batch, "steps": PROFILED_STEPS,
                          "hlo": hlo_path, "wall_ms_per_step": 1e3 * wall_s / PROFILED_STEPS}
+  fused = profile_summary.convolution_activations(hlo)
+  if fused:  # XLA:GPU: did the ReLUs run inside the cuDNN convolutions?
+    out["convolution_activations"] = fused
+    log(f"profile: cuDNN convolutions by fused activation: {fused}")
   traces = sorted(set(glob.glob(os.path.join(folder, "**", "*.xplane.pb"), recursive=True)) - before,
                   key=os.path.getmtime)
   if not traces:

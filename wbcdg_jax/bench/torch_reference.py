@@ -55,8 +55,8 @@ def _freeze_batch_norm(model) -> None:
 
 
 def time_step(*, depth: int, image_size: int, batch: int, dtype: str, compile_mode: str | None, warmup: int,
-              steps: int, repeats: int, num_classes: int = 13, head: str = "mlp", mlp_width: int = 512, lr: float = 5e-5,
-              device: str = "auto", seed: int = 0) -> dict[str, Any]:
+              steps: int, repeats: int, num_classes: int = 13, head: str = "mlp", mlp_width: int = 512,
+              lr: float = 5e-5, device: str = "auto", seed: int = 0) -> dict[str, Any]:
   """Times the PyTorch train step.
 
   Args:
@@ -129,7 +129,8 @@ def run(spec: dict[str, Any]):
   for batch in spec["batches"]:
     try:
       row = time_step(depth=spec["depth"], image_size=spec["image_size"], batch=batch, dtype=spec["dtype"],
-                      compile_mode=spec["mode"], warmup=spec["warmup"], steps=spec["steps"], repeats=spec["repeats"], num_classes=spec["num_classes"], head=spec["head"],
+                      compile_mode=spec["mode"], warmup=spec["warmup"], steps=spec["steps"],
+                      repeats=spec["repeats"], num_classes=spec["num_classes"], head=spec["head"],
                       mlp_width=spec["mlp_width"], lr=spec["lr"], device=spec.get("device", "auto"))
       row.update(variant=spec["variant"], status="ok")
     except Exception as e:  # pylint: disable=broad-except  # e.g. torch.compile failing: report and go on
