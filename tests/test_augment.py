@@ -226,6 +226,39 @@ def test_hue_shift_matches_dm_pix_op_by_op(delta):
   np.testing.assert_allclose(augment._adjust_hue(rgb, delta), expected, atol=1e-5)  # pylint: disable=protected-access
 
 
+@pytest.mark.parametrize("options", [
+    augment.AugmentOptions(),
+    augment.AugmentOptions(grayscale_p=1.0, blur_p=1.0, pad_mode="nearest"),
+    augment.AugmentOptions(rotate_degrees=0.0, hue=0.5, saturation=0.9, blur_p=0.0)], ids=["default", "gray_blur",
+                                                                                         "hue"])
+def test_the_gpu_layout_computes_what_the_cpu_layout_does(options):
+  """augment_batch runs the color ops and the blur on planes on a CPU and on interleaved pixels elsewhere (a GPU):
+  both, run here, give the same images."""
+  images = _images(b=6, s=40, seed=2)
+  x = images.astype(np.float32) / 255.0
+  keys = jax.random.split(jax.random.key(4), 6)
+  run = jax.jit(augment._augment_images,  # pylint: disable=protected-access
+                static_argnames=("out_size", "opt", "planar"))
+  planar = np.asarray(run(x, keys, out_size=32, opt=options, planar=True))
+  interleaved = np.asarray(run(x, keys, out_size=32, opt=options, planar=False))
+  assert planar.shape == interleaved.shape == (6, 32, 32, 3)
+  np.testing.assert_allclose(interleaved, planar, atol=1e-5)
+  # Here (a CPU) augment_batch returns the planar computation, normalized.
+  np.testing.assert_allclose(augment.augment_batch(images, jax.random.key(4), out_size=32, options=options),
+                             (planar - MEAN) / STD, atol=1e-5)
+
+
+def test_hue_shift_on_interleaved_pixels_matches_dm_pix():
+  import dm_pix as pix  # pylint: disable=import-outside-toplevel
+
+  rgb = np.random.default_rng(7).random((16, 16, 3)).astype(np.float32)
+  rgb[:4, :, 1] = rgb[:4, :, 0]  # ties between the largest channels
+  with jax.disable_jit():
+    expected = pix.adjust_hue(rgb, 0.3, channel_axis=-1)
+  shifted = augment._adjust_hue(rgb, 0.3, axis=-1)  # pylint: disable=protected-access
+  np.testing.assert_allclose(shifted, expected, atol=1e-5)
+
+
 def test_options_from_dict_off_and_validation():
   opts = augment.AugmentOptions.from_dict({"crop_scale": [0.5, 1.0], "hue": 0.1})
   assert opts.crop_scale == (0.5, 1.0) and opts.hue == 0.1 and opts.enabled
