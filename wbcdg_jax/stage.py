@@ -27,7 +27,9 @@ from wbcdg_jax.train_step import compile_eval, compile_train_step
 @dataclasses.dataclass
 class Stage:
   """Everything one stage's loop needs. `state` is replicated over the mesh; `train_step(state, batch)`,
-  `eval_fn(params, batch_stats, images)` and `moments_fn(z, labels, domains, mask)` are jit-compiled."""
+  `eval_fn(params, batch_stats, images)` and `moments_fn(z, labels, domains, mask)` are jit-compiled.
+  `compile_train_step(mesh, **step_options)` builds the same train step for another mesh (e.g. the devices of an
+  ahead-of-time target, as launch/step_hlo.py does)."""
 
   model: Classifier
   spec: LossSpec
@@ -37,6 +39,7 @@ class Stage:
   moments_fn: Callable | None
   tx: optax.GradientTransformation
   disc: nn.Module | None
+  step_options: dict
 
 
 def boda_covariance(config: ml_collections.ConfigDict) -> str:
@@ -116,11 +119,12 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
                              pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
   state = sharding.replicate(state, mesh)
   options = augment.AugmentOptions.from_dict(config.augment.to_dict())
-  step_fn = compile_train_step(mesh, model=model, tx=tx, spec=spec, augment_options=options,
-                               image_size=int(config.model.image_size), base_key=step_key, disc=disc,
-                               disc_tx=disc_tx, bn_train=config.model.bn_mode == "train" and not spec.head_only,
-                               check_updated_params=bool(config.train.check_updated_params),
-                               donate_state=bool(config.train.donate_state))
+  step_options = dict(model=model, tx=tx, spec=spec, augment_options=options,
+                      image_size=int(config.model.image_size), base_key=step_key, disc=disc, disc_tx=disc_tx,
+                      bn_train=config.model.bn_mode == "train" and not spec.head_only,
+                      check_updated_params=bool(config.train.check_updated_params),
+                      donate_state=bool(config.train.donate_state))
+  step_fn = compile_train_step(mesh, **step_options)
   eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size))
   return Stage(model=model, spec=spec, state=state, train_step=step_fn, eval_fn=eval_fn, moments_fn=moments_fn,
-               tx=tx, disc=disc)
+               tx=tx, disc=disc, step_options=step_options)

@@ -116,8 +116,21 @@ class BuiltStep:
     return metrics
 
 
-def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: int, variant: str = "") -> BuiltStep:
-  """Builds and compiles `name`'s step at this total batch on the first `num_devices` devices.
+@dataclasses.dataclass
+class PreparedStep:
+  """One algorithm's stage (its train step jitted, not yet compiled), initial state and device batch."""
+
+  config: ml_collections.ConfigDict
+  stage: Stage
+  mesh: jax.sharding.Mesh
+  state: Any
+  batch: dict[str, jax.Array]
+
+
+def prepare_step(name: str, settings: Settings, *, total_batch: int, num_devices: int,
+                 variant: str = "") -> PreparedStep:
+  """`name`'s stage at this total batch on the first `num_devices` devices, with a state whose BoDA statistics
+  are seeded (so the BoDA term is computed) and a synthetic device batch.
 
   Random initial weights on purpose: callers silence the 'config.init.checkpoint is empty' warning (StepCache
   does), since changing warning filters is not thread-safe.
@@ -139,11 +152,19 @@ def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: 
                               initialized=jnp.asarray(True))
     state = state.replace(boda=sharding.replicate(boda, mesh))
   batch = sharding.shard_batch(synthetic_batch(config, counts, settings.seed), mesh)
+  return PreparedStep(config=config, stage=st, mesh=mesh, state=state, batch=batch)
+
+
+def build_step(name: str, settings: Settings, *, total_batch: int, num_devices: int, variant: str = "") -> BuiltStep:
+  """Builds and compiles `name`'s step at this total batch on the first `num_devices` devices (see
+  `prepare_step`)."""
+  prepared = prepare_step(name, settings, total_batch=total_batch, num_devices=num_devices, variant=variant)
   t0 = time.perf_counter()
-  compiled = st.train_step.lower(state, batch).compile(compiler_options(settings))
+  compiled = prepared.stage.train_step.lower(prepared.state, prepared.batch).compile(compiler_options(settings))
   compile_s = time.perf_counter() - t0
-  return BuiltStep(name=name, variant=variant, config=config, stage=st, mesh=mesh, step=compiled, state=state,
-                   batch=batch, total_batch=total_batch, compile_s=compile_s)
+  return BuiltStep(name=name, variant=variant, config=prepared.config, stage=prepared.stage, mesh=prepared.mesh,
+                   step=compiled, state=prepared.state, batch=prepared.batch, total_batch=total_batch,
+                   compile_s=compile_s)
 
 
 def timed_windows(run: Callable[[int], Any], *, warmup: int, steps: int, repeats: int) -> dict[str, Any]:
