@@ -296,8 +296,40 @@ def _max_pool_index_fwd(x, window, strides, padding, size):
 
 
 def _max_pool_index_bwd(window, strides, padding, size, first, g):
+  if (window, strides, padding) == (3, 2, 1):
+    return (_pool_3x3_s2_gradient(g, first, size),)
   terms = (_tap_gradient(g, first == k, k, window, strides, padding, size) for k in range(window * window))
   return (functools.reduce(jnp.add, terms),)
+
+
+def _pool_3x3_s2_gradient(g, first, size: tuple[int, int]):
+  """The input gradient [B, H, W, C] of the 3x3 stride-2 max pool (padding 1) from g [B, Ho, Wo, C] and the
+  winning tap `first` (tap i * 3 + j, row i, column j of the window), built per parity of the input pixel.
+
+  Output (r, s) reads input (2r + i - 1, 2s + j - 1): an even input row 2m is row i = 1 of output row m; an odd
+  one 2m + 1 is row i = 0 of output row m + 1 and row i = 2 of output row m (columns alike). So each input pixel
+  sums 1, 2 or 4 taps' gradients, each from an output or its neighbour below or to the right, and the four parity
+  classes interleave by a reshape. The nine interior-padded taps summed at every input pixel (`_tap_gradient`)
+  give the same sums; on a GPU that form cost its fusion about 3x its memory time (1.68 ms a step at batch 256
+  on an H100, with the 'taps' masks).
+  """
+  zero = jnp.zeros((), g.dtype)
+
+  def tap(k: int, below: bool, right: bool):  # g where tap k won, read from output (r + below, s + right)
+    t = jnp.where(first == k, g, zero)
+    if below:
+      t = jnp.pad(t[:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0)))
+    if right:
+      t = jnp.pad(t[:, :, 1:], ((0, 0), (0, 0), (0, 1), (0, 0)))
+    return t
+
+  even_even = tap(4, False, False)
+  even_odd = tap(3, False, True) + tap(5, False, False)
+  odd_even = tap(1, True, False) + tap(7, False, False)
+  odd_odd = tap(0, True, True) + tap(2, True, False) + tap(6, False, True) + tap(8, False, False)
+  dx = jnp.stack([jnp.stack([even_even, even_odd], axis=3), jnp.stack([odd_even, odd_odd], axis=3)], axis=2)
+  b, ho, _, wo, _, c = dx.shape  # [B, Ho, row parity, Wo, column parity, C]: row-major, that is [B, 2Ho, 2Wo, C]
+  return dx.reshape(b, 2 * ho, 2 * wo, c)[:, :size[0], :size[1]]  # 2Ho is H, or H + 1 for an odd H
 
 
 _max_pool_index.defvjp(_max_pool_index_fwd, _max_pool_index_bwd)
