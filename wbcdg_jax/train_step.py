@@ -9,6 +9,7 @@ batch split over the mesh and the state replicated (and donated, config.train.do
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any
 
@@ -26,6 +27,22 @@ from wbcdg_jax.train_state import TrainState
 def tree_all_finite(tree: Any) -> jax.Array:
   """bool scalar: every element of every leaf is finite (True for a tree without leaves)."""
   return jax.tree.reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree, jnp.asarray(True))
+
+
+def global_norm(tree: Any) -> jax.Array:
+  """float32 scalar: the L2 norm of all the tree's elements together (optax.global_norm's value; bfloat16 leaves
+  are squared and summed in float32).
+
+  The leaves of one shape are stacked and squared-and-summed together: one reduction per distinct shape rather
+  than per leaf. Compiled for an H100, the ResNet-50 step's norm of its ~160 gradients ran as 147 reduction
+  kernels of a few microseconds each; stacked, the optimizer part of the step runs 51 kernels instead of 152
+  (the step 859 instead of 943, for the same bytes).
+  """
+  groups: dict[tuple, list[jax.Array]] = collections.defaultdict(list)
+  for leaf in jax.tree.leaves(tree):
+    groups[(jnp.shape(leaf), jnp.result_type(leaf))].append(leaf)
+  squares = [jnp.sum(jnp.square(jnp.stack(leaves).astype(jnp.float32))) for leaves in groups.values()]
+  return jnp.sqrt(sum(squares, jnp.zeros((), jnp.float32)))
 
 
 def _dann_lambda(spec: LossSpec, step: jax.Array) -> jax.Array:
@@ -145,13 +162,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   with jax.named_scope("optimizer"):
     # A finite norm means every gradient is finite and no square of one overflows (which would make Adam's second
     # moment inf and freeze those weights); the norm is a metric anyway, so this check reads no extra memory.
-    grad_norm = optax.global_norm(grad_params)
+    grad_norm = global_norm(grad_params)
     finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grad_params, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if disc is not None:
-      finite = finite & jnp.isfinite(optax.global_norm(grad_disc))
+      finite = finite & jnp.isfinite(global_norm(grad_disc))
       disc_updates, disc_opt_state = disc_tx.update(grad_disc, state.disc_opt_state, state.disc_params)
       disc_params = optax.apply_updates(state.disc_params, disc_updates)
   with jax.named_scope("keep_or_drop"):

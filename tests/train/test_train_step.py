@@ -243,3 +243,24 @@ def test_flattened_optimizer_gives_the_same_steps(module):
                           steps=2, lr=float(config.optim.lr if module == "dann" else config.decoupled.lr))
   if module == "boda_decoupled":
     jax.tree.map(np.testing.assert_array_equal, results[True].params["encoder"], variables["params"]["encoder"])
+
+
+def test_global_norm_is_optax_global_norm():
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from wbcdg_jax.train_step import global_norm  # pylint: disable=import-outside-toplevel
+
+  keys = jax.random.split(jax.random.key(0), 6)
+  tree = {"conv": [jax.random.normal(keys[0], (3, 3, 4, 8)), jax.random.normal(keys[1], (3, 3, 4, 8))],
+          "bias": [jax.random.normal(keys[2], (8,)), jax.random.normal(keys[3], (5,))],
+          "half": jax.random.normal(keys[4], (3, 3, 4, 8), jnp.bfloat16),  # same shape, other dtype
+          "scalar": jnp.float32(-2.5), "empty": jnp.zeros((0, 4))}
+  exact = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(jax.jit(global_norm)(tree), exact, rtol=1e-6)  # squares in float32, even bf16 ones
+  np.testing.assert_allclose(global_norm(tree), optax.global_norm(tree), rtol=1e-3)  # optax squares bf16 in bf16
+  tree.pop("half")
+  np.testing.assert_allclose(global_norm(tree), optax.global_norm(tree), rtol=1e-6)
+  assert global_norm({}) == 0.0 and global_norm({}).dtype == jnp.float32
+  assert not np.isfinite(global_norm({"a": jnp.array([1.0, jnp.inf]), "b": jnp.ones(2)}))
+  big = {"a": jnp.full((2,), 3e38, jnp.float32)}  # its square overflows: not finite, as optax's
+  assert not np.isfinite(global_norm(big)) and not np.isfinite(optax.global_norm(big))
