@@ -112,14 +112,20 @@ _ELEMENTWISE = frozenset({
     "shift-right-logical", "sign", "sine", "sqrt", "subtract", "tan", "tanh", "xor"})
 
 
-def _elements(hlo_type: str) -> int | None:
-  """Elements of an array type with a row-major layout ('f32[4,3]{1,0}'); None for a tuple or another layout."""
+def _row_major_dims(hlo_type: str) -> list[int] | None:
+  """The dimensions of an array type with a row-major layout ('f32[4,3]{1,0}' -> [4, 3]); None for a tuple or
+  another layout."""
   match = re.fullmatch(r"[a-z0-9]+\[([0-9,]*)\](?:\{([0-9,]*)\})?", hlo_type)
   if not match:
     return None
   dims = [int(d) for d in match.group(1).split(",") if d]
   layout = [int(d) for d in (match.group(2) or "").split(",") if d]
-  if layout and layout != list(range(len(dims) - 1, -1, -1)):
+  return None if layout and layout != list(range(len(dims) - 1, -1, -1)) else dims
+
+
+def _elements(hlo_type: str) -> int | None:
+  dims = _row_major_dims(hlo_type)
+  if dims is None:
     return None
   count = 1
   for d in dims:
@@ -146,51 +152,48 @@ def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _fused_reads(instructions: list[_Instruction]) -> dict[int, int]:
   """Parameter number -> bytes a fused computation reads of it.
 
-  Walking back from the fusion's result: a slice reads its range of its operand, a rank-1 concatenate passes on
-  to each operand the part of what is read of it that the operand fills, an elementwise op passes on what is read
-  of it, a gather or dynamic slice reads as many elements as it returns; anything else reads its operands whole.
-  (optax.flatten's update, for one, concatenates every gradient and slices the result back per parameter: each
-  slice's kernel reads only its parameter's part.)
+  Walking back from the fusion's result: a rank-1 slice reads its range of its operand, a rank-1 concatenate
+  passes on to each operand the part of what is read of it that the operand fills, an elementwise op passes on what
+  is read of it, another slice, a gather or a dynamic slice reads as many elements as it returns (where, unknown);
+  anything else reads its operands whole. (optax.flatten's update, for one, concatenates every gradient and slices
+  the result back per parameter: each slice's kernel reads only its parameter's part.)
   """
   by_name = {i.name: i for i in instructions}
   sizes = {i.name: type_bytes(i.type) for i in instructions}
   elements = {i.name: _elements(i.type) for i in instructions}
   ranges: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # element ranges read, per instruction
-  counted: dict[str, int] = collections.defaultdict(int)  # plus elements read at places unknown (gathers)
-  whole: set[str] = set()
-
-  def read_whole(name: str) -> None:
-    whole.add(name)
-
+  counted: dict[str, int] = collections.defaultdict(int)  # elements read at unknown places (slices, gathers)
+  whole: set[str] = set()  # read whole
   for i in reversed(instructions):
-    if i.root or i.name in whole or elements[i.name] is None:
-      needed = [(0, elements[i.name])] if elements[i.name] else None
+    if counted.get(i.name) or not elements[i.name]:
+      needed = None  # an unknown part of it (or a tuple, or another layout): its operands are read whole
+    elif i.root or i.name in whole:
+      needed = [(0, elements[i.name])]
     else:
       needed = _union(ranges.get(i.name, []))
-      if counted.get(i.name):
-        needed = None  # read in part at unknown places: its producers are read whole
-    if not needed and not counted.get(i.name) and not i.root and i.name not in whole:
-      continue  # nothing reads it (a dead value)
+      if not needed:
+        continue  # nothing reads it (a dead value)
+    rank1 = len(_row_major_dims(i.type) or [0, 0]) == 1
     offset = 0
     for k, operand in enumerate(i.operands):
       if operand not in by_name:
         continue
       n = elements[operand]
-      if needed is None or n is None:
-        read_whole(operand)
-      elif i.op == "slice" and i.slice is not None and k == 0:
+      if i.op in ("slice", "gather", "dynamic-slice") and k == 0 and not (needed and rank1 and i.slice):
+        counted[operand] += elements[i.name] or 0
+      elif needed is None or n is None:
+        whole.add(operand)
+      elif i.op == "slice" and k == 0:  # rank 1, [start, limit)
         for lo, hi in needed:
           _add(ranges[operand], lo + i.slice[0], hi + i.slice[0])
-      elif i.op == "concatenate" and elements[i.name] is not None and i.type.count(",") == i.type.count("{") - 1:
-        for lo, hi in needed:  # rank 1 (no comma in the dims): operand k fills [offset, offset + n)
+      elif i.op == "concatenate" and rank1:  # operand k fills [offset, offset + n)
+        for lo, hi in needed:
           _add(ranges[operand], max(lo, offset) - offset, min(hi, offset + n) - offset)
         offset += n
       elif i.op in _ELEMENTWISE and n == elements[i.name]:
         ranges[operand].extend(needed)
-      elif i.op in ("gather", "dynamic-slice") and k == 0:
-        counted[operand] += elements[i.name]
       else:
-        read_whole(operand)
+        whole.add(operand)
   reads = {}
   for i in instructions:
     if i.parameter is None:
