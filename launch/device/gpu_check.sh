@@ -66,11 +66,11 @@ profile_files() {  # per traced batch (a folder boda_<batch>): three summaries (
   fi
 }
 
-gpu_tests() {  # gpu_tests SECONDS: the models and train steps keep their contracts on the GPU (float32 matmuls:
-  # the tests compare to 1e-5)
+gpu_tests() {  # gpu_tests SECONDS: the models, train steps and the augmentation (interleaved on a GPU) keep their
+  # contracts on the GPU (float32 matmuls: the tests compare to 1e-5)
   JAX_DEFAULT_MATMUL_PRECISION=float32 timeout "$1" "$PY" -m pytest -q -x -p no:cacheprovider \
-    tests/models/test_resnet.py tests/train/test_train_step.py -k "not sharded" 2>&1 | tail -8 \
-    | tee "$OUT/gpu_tests.txt"
+    tests/models/test_resnet.py tests/train/test_train_step.py tests/test_augment.py -k "not sharded" 2>&1 \
+    | tail -8 | tee "$OUT/gpu_tests.txt"
 }
 
 case "$PART" in
