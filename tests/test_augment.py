@@ -243,7 +243,7 @@ def test_the_gpu_layout_computes_what_the_cpu_layout_does(options):
   interleaved = np.asarray(run(x, keys, out_size=32, opt=options, planar=False))
   assert planar.shape == interleaved.shape == (6, 32, 32, 3)
   np.testing.assert_allclose(interleaved, planar, atol=1e-5)
-  # Here (a CPU) augment_batch returns the planar computation, normalized.
+  # augment_batch computes the same values in this platform's layout (planes on a CPU), normalized.
   np.testing.assert_allclose(augment.augment_batch(images, jax.random.key(4), out_size=32, options=options),
                              (planar - MEAN) / STD, atol=1e-5)
 
