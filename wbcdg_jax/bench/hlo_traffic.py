@@ -28,10 +28,8 @@ _ELEMENT_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, 
                   "c128": 16}
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _COMMENT = re.compile(r"/\*.*?\*/")
-_HEADER = re.compile(r"^(ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
 # `%name = <type> <op>(<operands>), attributes...`; the type is one array or a parenthesised tuple of them.
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s*(\([^()]*\)|\S+)\s+([\w\-]+)\((.*)$")
-_CALLS = re.compile(r"\bcalls=%?([^\s,}]+)")
 # Instructions that launch no kernel: they name, group or alias buffers.
 _NO_KERNEL = frozenset({"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
                         "partition-id", "replica-id", "opt-barrier", "add-dependency"})
@@ -83,16 +81,16 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[_Instruction]], str]:
   entry, current = "", None
   for line in hlo_text.splitlines():
     line = _COMMENT.sub("", line)
-    header = _HEADER.match(line)
+    header = profile_summary.COMPUTATION.match(line)
     if header:
-      current = computations.setdefault(header.group(2), [])
-      if header.group(1):
-        entry = header.group(2)
+      current = computations.setdefault(header.group(1), [])
+      if line.startswith("ENTRY"):
+        entry = header.group(1)
       continue
     match = _INSTRUCTION.match(line)
     if match and current is not None:
       root, name, hlo_type, op, rest = match.groups()
-      called = _CALLS.search(rest)
+      called = profile_summary.CALLS.search(rest)
       number = re.match(r"\s*([0-9]+)", rest) if op == "parameter" else None
       bounds = re.search(r"slice=\{\[([0-9]+):([0-9]+)\]\}", rest) if op == "slice" else None
       current.append(_Instruction(name, hlo_type, op, _operand_names(rest), called.group(1) if called else None,

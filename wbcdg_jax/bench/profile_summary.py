@@ -29,10 +29,10 @@ GROUPINGS = ("op", "instruction", "part")
 _CPU_RUNTIME = re.compile(r"^(ThunkExecutor|ThreadpoolListener|TfrtCpu|PjRt|SlinkyThreadPool|end: )")
 # HLO text: a computation's header `%fused_computation.3 (p: f32[2]) -> f32[2] {` (or `ENTRY %main ...`), and an
 # instruction `  ROOT %name = type op(...), calls=%fused_computation.3, metadata={op_name="a/b/c" ...}`.
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
+COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s")
 _OP_NAME = re.compile(r'\bop_name="([^"]*)"')
-_CALLS = re.compile(r"\bcalls=%?([^\s,}]+)")
+CALLS = re.compile(r"\bcalls=%?([^\s,}]+)")
 _OPERANDS = re.compile(r"=\s*\S+\s+[\w\-]+\(([^)]*)\)")  # `= f32[4]{0} fusion(%a, %b)` -> `%a, %b`
 _FUSED = ("fused_computation", "wrapped_")  # computations of fusions, whose instructions never run alone
 # Parts whose instructions carry no usable metadata, or that the HLO does not hold.
@@ -81,7 +81,7 @@ def op_names(hlo_text: str) -> dict[str, str]:
   computation_op_name: dict[str, str] = {}  # computation -> its root's op_name, else its first instruction's
   computation = None
   for line in hlo_text.splitlines():
-    header = _COMPUTATION.match(line)
+    header = COMPUTATION.match(line)
     if header:
       computation = header.group(1)
       continue
@@ -89,7 +89,7 @@ def op_names(hlo_text: str) -> dict[str, str]:
     if not instruction:
       continue
     is_root, name = instruction.groups()
-    op_name, called = _OP_NAME.search(line), _CALLS.search(line)
+    op_name, called = _OP_NAME.search(line), CALLS.search(line)
     if op_name:
       own[name] = op_name.group(1)
       if computation and (is_root or computation not in computation_op_name):

@@ -28,9 +28,10 @@ The stem's 3x3 stride-2 max pool has four implementations with the same outputs:
 * 'slices': the maximum of the nine strided slices, differentiated by JAX; ties inside a window (zeros after the
   ReLU) split the gradient, which the ReLU then zeroes, so parameter gradients match too;
 * 'index': the maximum of the slices, which also records (one byte per output) which tap was the first maximum;
-  the gradient is 'taps'' sum of interior-padded selects, on that index alone. 'taps' keeps x and y and compares
-  the nine taps again in the backward pass: on an H100 that pass over the stem's 112x112x64 map (and the seven
-  masks XLA kept for it) took 6% of a step at batch 256.
+  the gradient is read from that index alone: for the stem's 3x3 stride-2 pool each input pixel sums only the 1,
+  2 or 4 taps that can reach it (`_pool_3x3_s2_gradient`), other windows use 'taps'' sum of interior-padded
+  selects. 'taps' keeps x and y and compares the nine taps again in the backward pass: on an H100 that pass over
+  the stem's 112x112x64 map (and the seven masks XLA kept for it) took 6% of a step at batch 256.
 
 `relu_grad_from_output` (the default) takes the ReLU's derivative from its output (y > 0, as PyTorch does)
 rather than its input (jax.nn.relu); the derivative is the same, since y > 0 exactly where x > 0. With the input's
