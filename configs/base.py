@@ -90,6 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Update the state in place (jit buffer donation): the step needs no second copy of parameters and Adam moments.
   # XLA:CPU then copies each moment before the update that overwrites it (the quick presets turn this off).
   c.train.donate_state = True
+  # Keep the convolution kernels output-channel-major in device memory (cuDNN's filter layout): the optimizer
+  # update then runs elementwise in place, without XLA:GPU's per-kernel transposes and copies into the donated
+  # state (wbcdg_jax/sharding.py:state_shardings). Same values; checkpoints unchanged. Off until a GPU times it.
+  c.train.o_major_kernels = False
 
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = True

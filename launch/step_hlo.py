@@ -70,9 +70,9 @@ def compile_variant(name: str, settings, batch: int, variant: str, mesh):
 
   # The stage is built on this machine (one device), then its train step is compiled again for the target.
   prepared = prepare_step(name, settings, total_batch=batch, num_devices=1, variant=variant)
-  step = compile_train_step(mesh, **prepared.stage.step_options)
   replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(sharding.DATA_AXIS))
   state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), prepared.state)
+  step = compile_train_step(mesh, state=state, **prepared.stage.step_options)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=split) for k, v in prepared.batch.items()}
   return step.lower(state, batch_shapes).compile().as_text()
 

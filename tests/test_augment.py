@@ -216,14 +216,17 @@ def test_compiled_augmentation_equals_the_op_by_op_one():
 
 
 @pytest.mark.parametrize("delta", [0.1, -0.25, 0.45])
-def test_hue_shift_matches_dm_pix_op_by_op(delta):
+@pytest.mark.parametrize("separate_planes", [False, True], ids=["array", "planes"])
+def test_hue_shift_matches_dm_pix_op_by_op(delta, separate_planes):
   import dm_pix as pix  # pylint: disable=import-outside-toplevel
 
   rgb = np.random.default_rng(3).random((3, 16, 16)).astype(np.float32)
   rgb[1, :4] = rgb[0, :4]  # ties between the largest channels
   with jax.disable_jit():
     expected = pix.adjust_hue(rgb, delta, channel_axis=0)
-  np.testing.assert_allclose(augment._adjust_hue(rgb, delta), expected, atol=1e-5)  # pylint: disable=protected-access
+  shifted = augment._adjust_hue(tuple(rgb) if separate_planes else rgb, delta)  # pylint: disable=protected-access
+  assert isinstance(shifted, tuple) == separate_planes
+  np.testing.assert_allclose(np.stack(shifted) if separate_planes else shifted, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("options", [
@@ -232,31 +235,33 @@ def test_hue_shift_matches_dm_pix_op_by_op(delta):
     augment.AugmentOptions(rotate_degrees=0.0, hue=0.5, saturation=0.9, blur_p=0.0)], ids=["default", "gray_blur",
                                                                                          "hue"])
 def test_the_gpu_layout_computes_what_the_cpu_layout_does(options):
-  """augment_batch runs the color ops and the blur on planes on a CPU and on interleaved pixels elsewhere (a GPU):
-  both, run here, give the same images."""
+  """augment_batch runs the color ops on one [3, h, w] array on a CPU and on a tuple of planes elsewhere (a GPU),
+  with the blur on [3, h, w] or [h, 3, w]: both, run here, give the same images."""
   images = _images(b=6, s=40, seed=2)
   x = images.astype(np.float32) / 255.0
   keys = jax.random.split(jax.random.key(4), 6)
   run = jax.jit(augment._augment_images,  # pylint: disable=protected-access
-                static_argnames=("out_size", "opt", "planar"))
-  planar = np.asarray(run(x, keys, out_size=32, opt=options, planar=True))
-  interleaved = np.asarray(run(x, keys, out_size=32, opt=options, planar=False))
-  assert planar.shape == interleaved.shape == (6, 32, 32, 3)
-  np.testing.assert_allclose(interleaved, planar, atol=1e-5)
-  # augment_batch computes the same values in this platform's layout (planes on a CPU), normalized.
+                static_argnames=("out_size", "opt", "separate_planes"))
+  array = np.asarray(run(x, keys, out_size=32, opt=options, separate_planes=False))
+  planes = np.asarray(run(x, keys, out_size=32, opt=options, separate_planes=True))
+  assert array.shape == planes.shape == (6, 32, 32, 3)
+  np.testing.assert_allclose(planes, array, atol=1e-5)
+  # augment_batch computes the same values in this platform's layout (the array on a CPU), normalized.
   np.testing.assert_allclose(augment.augment_batch(images, jax.random.key(4), out_size=32, options=options),
-                             (planar - MEAN) / STD, atol=1e-5)
+                             (array - MEAN) / STD, atol=1e-5)
 
 
-def test_hue_shift_on_interleaved_pixels_matches_dm_pix():
-  import dm_pix as pix  # pylint: disable=import-outside-toplevel
-
-  rgb = np.random.default_rng(7).random((16, 16, 3)).astype(np.float32)
-  rgb[:4, :, 1] = rgb[:4, :, 0]  # ties between the largest channels
-  with jax.disable_jit():
-    expected = pix.adjust_hue(rgb, 0.3, channel_axis=-1)
-  shifted = augment._adjust_hue(rgb, 0.3, axis=-1)  # pylint: disable=protected-access
-  np.testing.assert_allclose(shifted, expected, atol=1e-5)
+@pytest.mark.parametrize("separate_planes", [False, True], ids=["array", "planes"])
+def test_blur_of_either_layout_is_the_reflect_padded_gaussian(separate_planes):
+  x = np.random.default_rng(5).random((12, 10, 3)).astype(np.float32)  # [H, W, 3], H != W
+  opts = _neutral(blur_p=1.0, blur_sigma=(1.1, 1.1))
+  layout = (0, 2, 1) if separate_planes else (2, 0, 1)  # [H, 3, W] or [3, H, W]
+  y = augment._blur(np.transpose(x, layout), jax.random.key(0), opts,  # pylint: disable=protected-access
+                    channel_axis=1 if separate_planes else 0)
+  y = np.transpose(np.asarray(y), np.argsort(layout))
+  rows = np.asarray(augment._blur_matrix(12, np.float32(1.1), 4))  # pylint: disable=protected-access
+  cols = np.asarray(augment._blur_matrix(10, np.float32(1.1), 4))  # pylint: disable=protected-access
+  np.testing.assert_allclose(y, np.einsum("ij,jwc,kw->ikc", rows, x, cols), atol=1e-5)
 
 
 def test_options_from_dict_off_and_validation():

@@ -202,24 +202,35 @@ def _geometry(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions
 
 _LUMA = (0.2989, 0.587, 0.114)  # rec601, torchvision's rgb_to_grayscale weights.
 
+# Between the resampling and the blur an image is held in one of two layouts, whichever the backend runs faster
+# (augment_batch picks by platform): a tuple of three [h, w] planes (GPU) or one [3, h, w] array (CPU). On the
+# tuple every color op is elementwise on arrays of one shape, and XLA:GPU fuses the chain into three kernels; on an
+# array, each op slicing and re-joining the channels, it wrote nine intermediate images. Compiled for an H100, with
+# the blur's [h, 3, w] order (`_blur`), 256 images at 224 px move 2.3 GB instead of 3.5 GB. On 2 CPU cores the
+# tuple took 1.1-1.5x the time (64 images at 224 px, 32 at 64 px), so the CPU keeps the array. The color functions
+# take either.
+Image = jax.Array | tuple[jax.Array, jax.Array, jax.Array]
 
-def _channels(img: jax.Array, axis: int) -> list[jax.Array]:
-  """The three color channels of img along `axis` (0: planar [3,H,W]; -1: interleaved [H,W,3]), each keeping a
-  length-1 axis there."""
-  return [jax.lax.slice_in_dim(img, c, c + 1, axis=axis) for c in range(3)]
+
+def _split(img: Image) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The r, g, b planes of img: a tuple's items, or an array's [1, h, w] slices."""
+  return img if isinstance(img, tuple) else tuple(img[c:c + 1] for c in range(3))
 
 
-def _gray(img: jax.Array, axis: int = 0) -> jax.Array:
-  """[3,H,W] -> [1,H,W] rec601 luma (or [H,W,3] -> [H,W,1] with axis=-1)."""
-  # Elementwise, not a dot with a 3-vector: XLA:GPU made that a matrix multiply with one output column (2% of a
+def _map(fn, img: Image) -> Image:
+  """fn applied to each plane (a tuple) or to the whole array (the same elementwise op)."""
+  return tuple(fn(x) for x in img) if isinstance(img, tuple) else fn(img)
+
+
+def _gray(r: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
+  """rec601 luma of the planes r, g, b."""
+  # Multiply-adds, not a dot with a 3-vector: XLA:GPU made that a matrix multiply with one output column (2% of a
   # ResNet-50 step at batch 256 on an H100), where multiply-adds fuse into the neighbouring color ops.
-  r, g, b = _channels(img, axis)
   return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
 
 
-def _adjust_hue(img: jax.Array, delta: jax.Array, axis: int = 0) -> jax.Array:
-  """Shifts the HSV hue of img [3,H,W] (channels along `axis`) in [0,1] by delta (a fraction of the circle), as
-  dm-pix's adjust_hue.
+def _adjust_hue(img: Image, delta: jax.Array) -> Image:
+  """Shifts the HSV hue of img in [0,1] (either layout) by delta (a fraction of the circle), as dm-pix's adjust_hue.
 
   The RGB -> HSV step picks each pixel's hue sector by comparing the channels with one another, where dm-pix
   compares each with their maximum (`value == red`). Compiled, XLA may compute a channel twice in different
@@ -227,40 +238,48 @@ def _adjust_hue(img: jax.Array, delta: jax.Array, axis: int = 0) -> jax.Array:
   the wrong sector: under jit a default augmentation (CPU) differed from the op-by-op one in a fifth to a third
   of its values, by up to the whole [0, 1] range.
   Comparisons between channels can only pick between neighbouring sectors at a near-tie, where both give the
-  same hue.
+  same hue. HSV -> RGB is dm-pix's.
   """
-  r, g, b = _channels(img, axis)
+  r, g, b = _split(img)
   value = jnp.maximum(jnp.maximum(r, g), b)
   chroma = value - jnp.minimum(jnp.minimum(r, g), b)
   safe_chroma = jnp.where(chroma > 0, chroma, 1.0)
   hue = jnp.where((r >= g) & (r >= b), (g - b) / safe_chroma,
                   jnp.where(g >= b, (b - r) / safe_chroma + 2.0, (r - g) / safe_chroma + 4.0)) / 6.0
-  hue = jnp.where(chroma > 0, hue, 0.0) + delta
+  hue = (jnp.where(chroma > 0, hue, 0.0) + delta) % 1.0
   saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0), 0.0)
-  return pix.hsv_to_rgb(jnp.concatenate([hue % 1.0, saturation, value], axis=axis), channel_axis=axis)
+  if isinstance(img, tuple):
+    rgb = pix.hsv_to_rgb(jnp.stack([hue, saturation, value], axis=-1))
+    return tuple(rgb[..., c] for c in range(3))
+  return pix.hsv_to_rgb(jnp.concatenate([hue, saturation, value], axis=0), channel_axis=0)
 
 
 def _factor(key: jax.Array, strength: float) -> jax.Array:
   return jax.random.uniform(key, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
 
 
-def _color(img: jax.Array, key: jax.Array, opt: AugmentOptions, axis: int) -> jax.Array:
-  """Color jitter, random grayscale: img [3,H,W] in [0,1] (channels along `axis`) -> same shape, in [0,1]."""
+def _color(img: Image, key: jax.Array, opt: AugmentOptions) -> Image:
+  """Color jitter, random grayscale: img in [0,1] (either layout) -> the same layout, in [0,1]."""
   k_b, k_c, k_s, k_h, k_g = jax.random.split(key, 5)
+  clip = lambda x: jnp.clip(x, 0.0, 1.0)
   if opt.brightness > 0:
-    img = jnp.clip(img * _factor(k_b, opt.brightness), 0.0, 1.0)
+    f = _factor(k_b, opt.brightness)
+    img = _map(lambda x: clip(f * x), img)
   if opt.contrast > 0:
     f = _factor(k_c, opt.contrast)
-    img = jnp.clip(f * img + (1 - f) * jnp.mean(_gray(img, axis)), 0.0, 1.0)
+    mean = jnp.mean(_gray(*_split(img)))
+    img = _map(lambda x: clip(f * x + (1 - f) * mean), img)
   if opt.saturation > 0:
     f = _factor(k_s, opt.saturation)
-    img = jnp.clip(f * img + (1 - f) * _gray(img, axis), 0.0, 1.0)
+    gray = _gray(*_split(img))
+    img = _map(lambda x: clip(f * x + (1 - f) * gray), img)
   if opt.hue > 0:
     delta = jax.random.uniform(k_h, (), minval=-opt.hue, maxval=opt.hue)
-    img = jnp.clip(_adjust_hue(img, delta, axis), 0.0, 1.0)
+    img = _map(clip, _adjust_hue(img, delta))
   if opt.grayscale_p > 0:
     to_gray = jax.random.bernoulli(k_g, opt.grayscale_p)
-    img = jnp.where(to_gray, jnp.broadcast_to(_gray(img, axis), img.shape), img)
+    gray = _gray(*_split(img))
+    img = _map(lambda x: jnp.where(to_gray, gray, x), img)
   return img
 
 
@@ -281,10 +300,10 @@ def _blur_matrix(size: int, sigma: jax.Array, radius: int) -> jax.Array:
   return m / jnp.sum(tap(jnp.arange(-radius, radius + 1, dtype=jnp.float32)))
 
 
-def _blur(img: jax.Array, key: jax.Array, opt: AugmentOptions, axis: int) -> jax.Array:
-  """Gaussian blur with probability blur_p; img [3,H,W] (channels along `axis`) -> same shape."""
+def _blur(img: jax.Array, key: jax.Array, opt: AugmentOptions, channel_axis: int) -> jax.Array:
+  """Gaussian blur with probability blur_p; img [3,H,W] (channel_axis 0) or [H,3,W] (1) -> the same shape."""
   k_p, k_s = jax.random.split(key)
-  h, w = img.shape[1:] if axis == 0 else img.shape[:2]
+  h, w = (img.shape[1], img.shape[2]) if channel_axis == 0 else (img.shape[0], img.shape[2])
   radius = min(int(math.ceil(3 * opt.blur_sigma[1])), h - 1, w - 1)
   if radius < 1:
     return img
@@ -295,27 +314,33 @@ def _blur(img: jax.Array, key: jax.Array, opt: AugmentOptions, axis: int) -> jax
   # the row pass at every column tap (and a reflect-padded copy, and a select between blurred and not).
   rows = jnp.where(blur, _blur_matrix(h, sigma, radius), jnp.eye(h, dtype=jnp.float32))
   cols = rows if w == h else jnp.where(blur, _blur_matrix(w, sigma, radius), jnp.eye(w, dtype=jnp.float32))
-  return jnp.einsum("ij,cjw,kw->cik" if axis == 0 else "ij,jwc,kw->ikc", rows, img, cols)
+  if channel_axis == 0:
+    return jnp.einsum("ij,cjw,kw->cik", rows, img, cols)
+  # [H, 3, W]: the column pass multiplies [(H 3), W] rows by a matrix and the row pass [H, (3 W)], in place; on
+  # [3, H, W] XLA:GPU transposed the image between the two.
+  return jnp.einsum("ij,jck->ick", rows, jnp.einsum("jcw,kw->jck", img, cols))
 
 
-def _augment_one(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions, planar: bool) -> jax.Array:
-  """img [H,W,3] -> [3,out,out] if `planar`, else [out,out,3]: the resampling reads whole pixels; the color ops
-  and the blur then run on planes or on interleaved pixels."""
+def _augment_one(img: jax.Array, key: jax.Array, out_size: int, opt: AugmentOptions,
+                 separate_planes: bool) -> jax.Array:
+  """img [H,W,3] -> [3,out,out], or [out,3,out] if `separate_planes` (the color ops then run on a tuple of planes;
+  see `Image`)."""
   k_geo, k_color, k_blur = jax.random.split(key, 3)
   img = _geometry(img, k_geo, out_size, opt)
-  axis = -1
-  if planar:
-    img, axis = jnp.moveaxis(img, -1, 0), 0
-  img = _color(img, k_color, opt, axis)
+  if separate_planes:
+    img = jnp.stack(_color(tuple(img[..., c] for c in range(3)), k_color, opt), axis=1)
+  else:
+    img = _color(jnp.moveaxis(img, -1, 0), k_color, opt)
   if opt.blur_p > 0:
-    img = _blur(img, k_blur, opt, axis)
+    img = _blur(img, k_blur, opt, channel_axis=1 if separate_planes else 0)
   return img
 
 
-def _augment_images(x: jax.Array, keys: jax.Array, out_size: int, opt: AugmentOptions, planar: bool) -> jax.Array:
-  """float32 [B,H,W,3] in [0,1] -> [B,out,out,3], computed per image on planes or on interleaved pixels."""
-  y = jax.vmap(_augment_one, in_axes=(0, 0, None, None, None))(x, keys, out_size, opt, planar)
-  return jnp.moveaxis(y, 1, -1) if planar else y
+def _augment_images(x: jax.Array, keys: jax.Array, out_size: int, opt: AugmentOptions,
+                    separate_planes: bool) -> jax.Array:
+  """float32 [B,H,W,3] in [0,1] -> [B,out,out,3], computed per image (key i for image i) in either layout."""
+  y = jax.vmap(_augment_one, in_axes=(0, 0, None, None, None))(x, keys, out_size, opt, separate_planes)
+  return jnp.moveaxis(y, 2 if separate_planes else 1, -1)
 
 
 def _working_size(source_size: int, out_size: int, opt: AugmentOptions) -> int:
@@ -345,12 +370,9 @@ def augment_batch(images: jax.Array, key: jax.Array, *, out_size: int,
   x = images.astype(jnp.float32) / 255.0
   x = _resize(x, _working_size(images.shape[1], out_size, options))
   keys = jax.random.split(key, images.shape[0])
-  # The same values, computed in the layout each backend runs fastest (the platform picks the branch when the
-  # step is compiled). On a CPU, planes [3, h, w]: the per-pixel ops run along rows of pixels, which it
-  # vectorizes, instead of across 3 interleaved channels (interleaved took 1.2x the time). On a GPU, interleaved:
-  # with planes, XLA:GPU wrote the four bilinear taps' gathered pixels out and transposed each to planes; its
-  # kernels read and wrote 1.35 GB for 64 images at 224 px, against 0.74 GB interleaved, where the gathers fuse
-  # into the color ops (counted on the HLO compiled for an H100).
-  layout = lambda planar: functools.partial(_augment_images, out_size=out_size, opt=options, planar=planar)
-  x = jax.lax.platform_dependent(x, keys, cpu=layout(True), default=layout(False))
+  # The same values, computed in the layout each backend runs faster (see `Image`); the platform picks the branch
+  # when the step is compiled.
+  layout = lambda planes: functools.partial(_augment_images, out_size=out_size, opt=options,
+                                            separate_planes=planes)
+  x = jax.lax.platform_dependent(x, keys, cpu=layout(False), default=layout(True))
   return _normalize(x)

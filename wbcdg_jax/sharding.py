@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental.layout import Format, Layout
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -47,6 +48,35 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[s
   """Turns this process's host rows into global arrays split over the 'data' axis."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _is_conv_kernel(path, leaf) -> bool:
+  """A convolution kernel [kh, kw, Cin, Cout] of the parameters, or an optimizer moment of one (same path end)."""
+  last = path[-1] if path else None
+  return getattr(last, "key", getattr(last, "name", None)) == "kernel" and getattr(leaf, "ndim", 0) == 4
+
+
+def state_shardings(state: Any, mesh: jax.sharding.Mesh, *, o_major_kernels: bool = False) -> Any:
+  """The train state's placement: replicated; with `o_major_kernels`, the convolution kernels (and their
+  optimizer moments) are stored output-channel-major in device memory ([Cout][kh][kw][Cin], cuDNN's filter layout
+  for NHWC), their shapes and values unchanged.
+
+  With the default row-major [kh, kw, Cin, Cout], XLA:GPU transposes each kernel for its forward convolution
+  and each weight gradient (cuDNN's output layout) in the optimizer update, which, a transpose, cannot write into
+  the donated state's buffers: 147 copies follow it. O-major, the update is elementwise and in place (compiled
+  for an H100: no copies, no transposes). Values read back to the host are the same. A state placed otherwise
+  (a restored checkpoint) must be put into these shardings (`jax.device_put`) before the step: jit refuses a
+  committed argument whose device layout is not the compiled one.
+
+  Returns a NamedSharding (the whole state replicated) or, with `o_major_kernels`, a pytree like `state` of
+  NamedShardings and `Format`s.
+  """
+  replicated_ = replicated(mesh)
+  if not o_major_kernels:
+    return replicated_
+  o_major = Format(Layout(major_to_minor=(3, 0, 1, 2)), replicated_)
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: o_major if _is_conv_kernel(path, leaf) else replicated_,
+                                          state)
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:

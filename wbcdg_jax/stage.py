@@ -28,8 +28,10 @@ from wbcdg_jax.train_step import compile_eval, compile_train_step
 class Stage:
   """Everything one stage's loop needs. `state` is replicated over the mesh; `train_step(state, batch)`,
   `eval_fn(params, batch_stats, images)` and `moments_fn(z, labels, domains, mask)` are jit-compiled.
-  `compile_train_step(mesh, **step_options)` builds the same train step for another mesh (e.g. the devices of an
-  ahead-of-time target, as launch/step_hlo.py does)."""
+  `compile_train_step(mesh, state=state, **step_options)` builds the same train step for another mesh (e.g. the
+  devices of an ahead-of-time target, as launch/step_hlo.py does). A state from elsewhere (a restored checkpoint)
+  goes through `jax.device_put(state, stage.state_sharding)` first: the step refuses a committed array whose device
+  layout is not its own (train.o_major_kernels)."""
 
   model: Classifier
   spec: LossSpec
@@ -40,6 +42,7 @@ class Stage:
   tx: optax.GradientTransformation
   disc: nn.Module | None
   step_options: dict
+  state_sharding: object
 
 
 def boda_covariance(config: ml_collections.ConfigDict) -> str:
@@ -117,14 +120,16 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
         z, y, d, mask, num_domains=num_domains, num_classes=NUM_CLASSES, covariance=covariance))
   state = create_train_state(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
                              pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
-  state = sharding.replicate(state, mesh)
+  o_major_kernels = bool(config.train.o_major_kernels)
+  state_sharding = sharding.state_shardings(state, mesh, o_major_kernels=o_major_kernels)
+  state = jax.device_put(state, state_sharding)
   options = augment.AugmentOptions.from_dict(config.augment.to_dict())
   step_options = dict(model=model, tx=tx, spec=spec, augment_options=options,
                       image_size=int(config.model.image_size), base_key=step_key, disc=disc, disc_tx=disc_tx,
                       bn_train=config.model.bn_mode == "train" and not spec.head_only,
                       check_updated_params=bool(config.train.check_updated_params),
-                      donate_state=bool(config.train.donate_state))
-  step_fn = compile_train_step(mesh, **step_options)
+                      donate_state=bool(config.train.donate_state), o_major_kernels=o_major_kernels)
+  step_fn = compile_train_step(mesh, state=state, **step_options)
   eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size))
   return Stage(model=model, spec=spec, state=state, train_step=step_fn, eval_fn=eval_fn, moments_fn=moments_fn,
-               tx=tx, disc=disc, step_options=step_options)
+               tx=tx, disc=disc, step_options=step_options, state_sharding=state_sharding)

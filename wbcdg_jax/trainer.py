@@ -167,7 +167,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   best = checkpoint.BestModel(os.path.join(workdir, "best"))
   start = ckpts.latest_step()
   if start is not None:
-    state = ckpts.restore(start, state, train_iter)
+    state = jax.device_put(ckpts.restore(start, state, train_iter), st.state_sharding)  # the step's layouts
     logging.info("resumed %s from step %d", workdir, start)
   start = int(start or 0)
 

@@ -12,7 +12,7 @@
 #          reduce-overhead modes), the variants, the input pipeline and full loop (12 grain workers), the BoDA
 #          refresh, scaling, profiles of BoDA at 64 and 256; then, in the time left of a 10-minute call, the GPU
 #          test subset. Session 7's full (563 s) stopped in the pipeline section, after the refresh (since then:
-#          the pipeline first, 3 GPU variants, not 7, the seeded compiles, one more PyTorch child)     (~8-9 min)
+#          the pipeline first, 4 GPU variants, not 7, the seeded compiles, one more PyTorch child)     (~8-9 min)
 #   steps  every algorithm's step at batch 64, and the profile                                       (~2-4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~5-7 min)
 #   rest   input pipeline, BoDA refresh, scaling, the GPU test subset                                 (~3-4 min)

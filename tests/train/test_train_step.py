@@ -264,3 +264,66 @@ def test_global_norm_is_optax_global_norm():
   assert not np.isfinite(global_norm({"a": jnp.array([1.0, jnp.inf]), "b": jnp.ones(2)}))
   big = {"a": jnp.full((2,), 3e38, jnp.float32)}  # its square overflows: not finite, as optax's
   assert not np.isfinite(global_norm(big)) and not np.isfinite(optax.global_norm(big))
+
+
+def _layouts(tree) -> dict:
+  """The device layout (major-to-minor order) of every array of `tree`, by path."""
+  return {jax.tree_util.keystr(path): leaf.format.layout.major_to_minor
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_o_major_kernels_keep_their_layout_and_give_the_same_steps():
+  # train.o_major_kernels stores the convolution kernels and their Adam moments output-channel-major in device
+  # memory (only the layout: shapes and values are those of the default), and the step keeps them so.
+  mesh = sharding.make_mesh()
+  results = {}
+  for o_major in (False, True):
+    config, stage = _stage_with("dann", mesh, {"train.o_major_kernels": o_major})
+    layouts = _layouts((stage.state.params, stage.state.opt_state, stage.state.disc_params))
+    o_major_paths = {p for p, order in layouts.items() if order == (3, 0, 1, 2)}
+    if o_major:
+      assert o_major_paths and all(p.endswith("['kernel']") for p in o_major_paths)
+      assert any("mu" in p for p in o_major_paths) and any("nu" in p for p in o_major_paths)
+      # Every 4-D kernel, and nothing else (the head's and the discriminator's dense kernels stay row-major).
+      assert o_major_paths == {jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(
+          (stage.state.params, stage.state.opt_state, stage.state.disc_params))
+          if np.ndim(x) == 4}
+    else:
+      assert not o_major_paths
+    state = stage.state
+    for step in range(2):
+      state, metrics = stage.train_step(state, sharding.shard_batch(tiny_batch(config, step), mesh))
+      assert float(metrics["finite"]) == 1.0
+    assert _layouts((state.params, state.opt_state, state.disc_params)) == layouts
+    results[o_major] = (config, stage, jax.device_get(state))
+  (_, _, default), (config, stage, o_major) = results[False], results[True]
+  assert_adam_trees_close(default.params, o_major.params, "o-major kernels", atol=1e-6, steps=2,
+                          lr=float(config.optim.lr))
+  # The step refuses a state placed in the default layout (committed), and takes it through stage.state_sharding.
+  host = jax.device_get(stage.state)
+  batch = sharding.shard_batch(tiny_batch(config, 0), mesh)
+  with pytest.raises(ValueError, match="layout"):
+    stage.train_step(sharding.replicate(host, mesh), batch)
+  state, _ = stage.train_step(jax.device_put(sharding.replicate(host, mesh), stage.state_sharding), batch)
+  again, _ = stage.train_step(jax.device_put(host, stage.state_sharding), batch)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), jax.device_get(again.params))
+
+
+def test_o_major_state_checkpoints_round_trip(tmp_path):
+  from wbcdg_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh()
+  config, stage = _stage_with("erm", mesh, {"train.o_major_kernels": True})
+  state, _ = stage.train_step(stage.state, sharding.shard_batch(tiny_batch(config), mesh))
+  expected = jax.device_get(state)
+  ckpts = checkpoint.StateCheckpoints(str(tmp_path / "ckpt"))
+  ckpts.save(1, state, None)
+  ckpts.wait()
+  restored = ckpts.restore(1, state, None)
+  ckpts.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)
+  # The restored state trains on in the step's layouts, as the trainer places it.
+  new, metrics = stage.train_step(jax.device_put(restored, stage.state_sharding),
+                                  sharding.shard_batch(tiny_batch(config, 1), mesh))
+  assert float(metrics["finite"]) == 1.0
+  assert _layouts(new.params) == _layouts(state.params)

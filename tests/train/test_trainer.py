@@ -202,3 +202,23 @@ def test_nonfinite_updates_are_skipped_and_counted_when_configured(data_dir, tmp
   assert result["skipped_updates"] == config.train.steps - 1  # every update after the first diverged
   for split in ("val", "target"):
     assert 0.0 <= result[split]["f1_macro"] <= 1.0
+
+
+def test_run_with_o_major_kernels_resumes_from_a_checkpoint(data_dir, tmp_path):
+  # The state's convolution kernels live output-channel-major on the device (train.o_major_kernels); a resumed
+  # run restores the checkpoint into that layout and ends where the uninterrupted run did.
+  config = _config(erm, data_dir)
+  config.train.o_major_kernels = True
+  config.train.keep_checkpoints = 3
+  workdir = str(tmp_path / "o_major")
+  result = trainer.train_and_evaluate(config, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  last = os.path.join(ckpt_dir, str(config.train.steps))
+  assert os.path.isdir(last) and os.path.isdir(os.path.join(ckpt_dir, str(config.train.checkpoint_every)))
+  final = checkpoint.load_for_inference(workdir).variables
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(last)  # as if killed before the last checkpoint: resume from the one before
+  again = trainer.train_and_evaluate(config, workdir)
+  assert again["target"] == result["target"] and again["selected_step"] == result["selected_step"]
+  assert os.path.isdir(last)
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_for_inference(workdir).variables, final)

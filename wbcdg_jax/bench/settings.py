@@ -163,14 +163,14 @@ class Settings:
 # presets (the CPU ones) keep the state undonated and the plain stem, so their variants try the other way.
 _VARIANTS = ("fold_frozen_bn=false", "max_pool=window", "max_pool=slices", "max_pool=index",
              "stem_space_to_depth=false", "relu_grad_from_output=false", "train.check_updated_params=true",
-             "train.donate_state=false", "optim.flatten=true")
+             "train.donate_state=false", "optim.flatten=true", "train.o_major_kernels=true")
 _CPU_VARIANTS = tuple(v.replace("=false", "=true") if v.startswith(("stem_space_to_depth", "train.donate_state")) else v
                       for v in _VARIANTS)
 # On a GPU each variant costs a compile (~30 s, 8 at a time) of a 10-minute device call: only the open questions.
 # Settled on an H100 (ERM at batch 256 against the defaults, 2026-11-27): fold_frozen_bn=false 0.86x,
 # max_pool=window 0.98x, slices 0.97x, stem_space_to_depth=false 0.95x, check_updated_params=true 0.98x,
 # donate_state=false 1.00x (launch/device/results/2026-11-27-h100-session7); `--variants=` still times any.
-_GPU_VARIANTS = ("relu_grad_from_output=false", "max_pool=index", "optim.flatten=true")
+_GPU_VARIANTS = ("relu_grad_from_output=false", "max_pool=index", "optim.flatten=true", "train.o_major_kernels=true")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
