@@ -66,9 +66,10 @@ profile_files() {  # per traced batch (a folder boda_<batch>): three summaries (
   fi
 }
 
-gpu_tests() {  # gpu_tests SECONDS: the models, train steps and the augmentation (interleaved on a GPU) keep their
-  # contracts on the GPU (float32 matmuls: the tests compare to 1e-5)
-  JAX_DEFAULT_MATMUL_PRECISION=float32 timeout "$1" "$PY" -m pytest -q -x -p no:cacheprovider \
+gpu_tests() {  # gpu_tests SECONDS: the models, train steps and the augmentation (separate planes on a GPU) keep
+  # their contracts on the GPU (float32 matmuls: the tests compare to 1e-5). The addopts' -q alone: a second -q
+  # drops the count of passed tests, and the warnings would push it out of the last 8 lines.
+  JAX_DEFAULT_MATMUL_PRECISION=float32 timeout "$1" "$PY" -m pytest -x -rfE -p no:cacheprovider -p no:warnings \
     tests/models/test_resnet.py tests/train/test_train_step.py tests/test_augment.py -k "not sharded" 2>&1 \
     | tail -8 | tee "$OUT/gpu_tests.txt"
 }
