@@ -90,12 +90,15 @@ def _assert_trees_close(a, b, what):
   assert_adam_trees_close(a, b, what, atol=ATOL, steps=4, lr=1e-3)
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("o_major_kernels", [False, True], ids=["default", "o_major_kernels"])
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, o_major_kernels):
+  # o_major_kernels: the state's convolution kernels placed in a non-default device layout over both processes.
   address = f"localhost:{_free_port()}"
   multi, single = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
+  layout = f"--config.train.o_major_kernels={o_major_kernels}"
   commands = [_train_command(multi, tmp_path / "data_two", f"--coordinator_address={address}", "--num_processes=2",
-                             f"--process_id={i}") for i in range(2)]
-  commands.append(_train_command(single, tmp_path / "data_one"))  # the reference, run alongside
+                             f"--process_id={i}", layout) for i in range(2)]
+  commands.append(_train_command(single, tmp_path / "data_one", layout))  # the reference, run alongside
   codes, tails = _run_all(commands, str(tmp_path))
   for i, (code, tail) in enumerate(zip(codes, tails)):
     assert code == 0, f"process {i} exited with {code}:\n{tail}"
