@@ -207,8 +207,8 @@ _LUMA = (0.2989, 0.587, 0.114)  # rec601, torchvision's rgb_to_grayscale weights
 # tuple every color op is elementwise on arrays of one shape, and XLA:GPU fuses the chain into three kernels; on an
 # array, each op slicing and re-joining the channels, it wrote nine intermediate images. Compiled for an H100, with
 # the blur's [h, 3, w] order (`_blur`), 256 images at 224 px move 2.3 GB instead of 3.5 GB. On 2 CPU cores the
-# tuple took 1.1-1.5x the time (64 images at 224 px, 32 at 64 px), so the CPU keeps the array. The color functions
-# take either.
+# tuple took 1.2x the time (64 images at 224 px from 256; 32 at 64 px), so the CPU keeps the array. The color
+# functions take either.
 Image = jax.Array | tuple[jax.Array, jax.Array, jax.Array]
 
 
