@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import imaging
+from wbcdg_jax import xla_options
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp")
 CSV_COLUMNS = ("file", "predicted_class", "probability", "top3", "review", "error")
@@ -93,7 +94,8 @@ def input_size(bundle: Any) -> int:
 
 def make_classifier_fn(bundle: Any) -> Callable[[np.ndarray], np.ndarray]:
   """A jitted `images uint8 [B, s, s, 3] -> probabilities float32 [B, C]` for an InferenceBundle."""
-  fn = jax.jit(functools.partial(classify_batch, bundle.model, image_size=int(bundle.image_size)))
+  fn = jax.jit(functools.partial(classify_batch, bundle.model, image_size=int(bundle.image_size)),
+               compiler_options=xla_options.compiler_options(jax.devices()[0].platform))
   variables = jax.device_put({"params": bundle.variables["params"],
                               "batch_stats": bundle.variables.get("batch_stats", {})})
   return lambda images: np.asarray(fn(variables, images))

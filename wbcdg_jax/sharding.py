@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental.layout import Format, Layout
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -75,6 +74,13 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh, *, o_major_kernels: boo
   replicated_ = replicated(mesh)
   if not o_major_kernels:
     return replicated_
+  # Imported here, not at the top: the layout API is still experimental (renamed in JAX 0.7), and a JAX
+  # without it should only fail the runs that ask for this option, with this message.
+  try:
+    from jax.experimental.layout import Format, Layout  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"train.o_major_kernels=true needs jax.experimental.layout.Format/Layout, which JAX "
+                      f"{jax.__version__} does not have ({e}); set train.o_major_kernels=false") from e
   o_major = Format(Layout(major_to_minor=(3, 0, 1, 2)), replicated_)
   return jax.tree_util.tree_map_with_path(lambda path, leaf: o_major if _is_conv_kernel(path, leaf) else replicated_,
                                           state)

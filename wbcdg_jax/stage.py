@@ -128,8 +128,10 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
                       image_size=int(config.model.image_size), base_key=step_key, disc=disc, disc_tx=disc_tx,
                       bn_train=config.model.bn_mode == "train" and not spec.head_only,
                       check_updated_params=bool(config.train.check_updated_params),
-                      donate_state=bool(config.train.donate_state), o_major_kernels=o_major_kernels)
+                      donate_state=bool(config.train.donate_state), o_major_kernels=o_major_kernels,
+                      cpu_ynn_convolutions=bool(config.train.cpu_ynn_convolutions))
   step_fn = compile_train_step(mesh, state=state, **step_options)
-  eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size))
+  eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size),
+                         cpu_ynn_convolutions=bool(config.train.cpu_ynn_convolutions))
   return Stage(model=model, spec=spec, state=state, train_step=step_fn, eval_fn=eval_fn, moments_fn=moments_fn,
                tx=tx, disc=disc, step_options=step_options, state_sharding=state_sharding)

@@ -1,0 +1,61 @@
+"""XLA compiler options that this project's jitted functions pass per compilation (`jax.jit(compiler_options=)`).
+
+One today, for CPUs: XLA:CPU (JAX 0.10) hands convolutions to YNNPACK by default, and on a 2-core AVX2 machine
+(AMD EPYC, Zen 3) its convolutions ran slower than XLA's own (Eigen) ones in every case timed, worst in the weight
+gradients: batch 32 at 32x32 px, 3x3 64->64, forward 2.2x, input gradient 2.2x, weight gradient 19x (687 vs 36
+ms); the 7x7 stem's weight gradient 12x. The quick preset's BoDA step ran at 1.8x the images/s without it.
+`compiler_options(platform)` therefore keeps YNNPACK for matrix products and reductions only on CPUs.
+
+Set per compilation, not in `XLA_FLAGS`: an XLA that does not know the option (a newer JAX may rename an
+experimental one) rejects it when compiling, which `_accepted` checks once, whereas an unknown name in
+`XLA_FLAGS` aborts the process, GPU runs included. A choice of the user's in `XLA_FLAGS` is left alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# The kinds of computation XLA:CPU may give YNNPACK. The value replaces XLA's default list, which in JAX 0.10.2 is
+# INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION (read from `--xla_dump_to`'s debug_options): the same without
+# convolutions. (Without REDUCE too, the quick preset's ERM step ran at 0.64x: XLA's own reductions were slower.)
+YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+
+def platform_of(mesh: jax.sharding.Mesh) -> str:
+  """'cpu', 'gpu' or 'tpu': the platform of the mesh's devices."""
+  return mesh.devices.flat[0].platform
+
+
+@functools.cache
+def _accepted(option: str, value: str) -> bool:
+  """Whether this JAX's XLA:CPU compiles with `option=value` (a trivial function, compiled once per process)."""
+  cpu = jax.devices("cpu")[0]
+  fn = jax.jit(lambda x: x + 1, compiler_options={option: value},
+               in_shardings=jax.sharding.SingleDeviceSharding(cpu))
+  try:
+    fn.lower(jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError: INVALID_ARGUMENT, or a renamed type)
+    logging.warning("XLA compiler option %s=%s not accepted by jax %s; compiling with XLA's defaults (%s)",
+                    option, value, jax.__version__, str(e).splitlines()[-1] if str(e) else type(e).__name__)
+    return False
+  return True
+
+
+def compiler_options(platform: str, *, cpu_ynn_convolutions: bool = False) -> dict[str, str] | None:
+  """The `compiler_options` for a jit whose computation runs on `platform` ('cpu', 'gpu', 'tpu').
+
+  On a CPU, unless `cpu_ynn_convolutions` or the user's `XLA_FLAGS` sets the YNNPACK option itself: convolutions
+  compiled by XLA, not YNNPACK (see the module docstring). None (XLA's defaults) elsewhere, or where this XLA
+  does not know the option.
+  """
+  if platform != "cpu" or cpu_ynn_convolutions or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+    return None
+  if not _accepted(YNN_OPTION, YNN_WITHOUT_CONVOLUTIONS):
+    return None
+  return {YNN_OPTION: YNN_WITHOUT_CONVOLUTIONS}
