@@ -18,12 +18,15 @@ micrometre field of view and resize it to S x S (data_pipelines.imaging.crop_to_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+
+from wbcdg_jax import xla_options  # jax and absl only
 
 FORMAT = "wbcdg_jax.exported_classifier"
 VERSION = 1
@@ -90,7 +93,12 @@ class ExportedClassifier:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
       raise ValueError(f"expected uint8 images [B, {want[0]}, {want[1]}, 3] (centre {self.fov_um:g} um crops), "
                        f"got {images.dtype} {images.shape}")
-    return np.asarray(self.exported.call(images))
+    return np.asarray(self._compiled(images))
+
+  @functools.cached_property
+  def _compiled(self):
+    # Compiled here, for this machine, with the project's options (on CPUs: XLA's own convolutions).
+    return jax.jit(self.exported.call, compiler_options=xla_options.compiler_options(jax.devices()[0].platform))
 
 
 def load_exported(path: str | os.PathLike) -> ExportedClassifier:
