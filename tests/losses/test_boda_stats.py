@@ -272,7 +272,9 @@ def test_jit_grad_vmap():
   jitted = refresh(stats, z, y, d, mask, 0.25)
   eager = update_boda_stats(stats, pair_moments(z, y, d, mask, **kw), momentum=0.25)
   np.testing.assert_allclose(jitted.means, eager.means, rtol=1e-6)
-  np.testing.assert_allclose(jitted.precision, eager.precision, rtol=1e-4, atol=1e-6)
+  # A float32 matrix inverse: jit and eager may sum in other orders (per CPU: 1.4e-6 apart on an AVX2 EPYC), so
+  # small entries are compared against the matrix's O(1) scale.
+  np.testing.assert_allclose(jitted.precision, eager.precision, rtol=1e-4, atol=1e-5)
   # vmap over 3 chunks + sum == one pass.
   chunks = jax.vmap(lambda a, b, c, e: pair_moments(a, b, c, e, **kw))(
       z.reshape(3, 16, D), y.reshape(3, 16), d.reshape(3, 16), mask.reshape(3, 16))
