@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   # state (wbcdg_jax/sharding.py:state_shardings). Same values; checkpoints unchanged. Off until a GPU times it.
   c.train.o_major_kernels = False
   # On CPUs, let XLA hand convolutions to YNNPACK (its default in JAX 0.10). Off: on 2 AVX2 cores YNNPACK's
-  # convolutions were 1.3-19x slower than XLA's own (weight gradients the worst), the quick preset's step 1.8x
+  # convolutions were 1.3-19x slower than XLA's own (weight gradients the worst), the quick preset's step 2.0x
   # (wbcdg_jax/xla_options.py). No effect on GPUs and TPUs.
   c.train.cpu_ynn_convolutions = False
 
