@@ -4,7 +4,8 @@ One today, for CPUs: XLA:CPU (JAX 0.10) hands convolutions to YNNPACK by default
 (AMD EPYC, Zen 3) its convolutions ran slower than XLA's own (Eigen) ones in every case timed, worst in the weight
 gradients: batch 32 at 32x32 px, 3x3 64->64, forward 2.2x, input gradient 2.2x, weight gradient 19x (687 vs 36
 ms); the 7x7 stem's weight gradient 12x. Without them the CPU benchmark's BoDA step ran at 2.0x the images/s
-(81 -> 166, `launch/benchmark.py --preset=cpu`). `compiler_options(platform)` therefore keeps YNNPACK for matrix products and reductions only on CPUs.
+(81 -> 166, `launch/benchmark.py --preset=cpu`). `compiler_options(platform)` therefore keeps YNNPACK for matrix
+products and reductions only on CPUs.
 
 Set per compilation, not in `XLA_FLAGS`: an XLA that does not know the option (a newer JAX may rename an
 experimental one) rejects it when compiling, which `_accepted` checks once, whereas an unknown name in
