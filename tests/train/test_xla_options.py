@@ -1,7 +1,5 @@
 """Per-compilation XLA options: on a CPU the step's convolutions are XLA's own, not YNNPACK's."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -9,6 +7,7 @@ from absl import logging
 
 from tests.train.step_fixture import tiny_batch, tiny_config, tiny_counts
 from wbcdg_jax import sharding, xla_options
+from wbcdg_jax.bench import hlo_traffic
 from wbcdg_jax.stage import build_stage
 
 
@@ -35,14 +34,11 @@ def test_option_this_xla_rejects_falls_back_to_defaults(monkeypatch):
 
 
 def _ynn_convolutions(hlo: str) -> int:
-  """How many convolutions of an optimized HLO module XLA:CPU gave YNNPACK (inside `__ynn_fusion`s)."""
-  called = set(re.findall(r'calls=%?([\w.\-]+), backend_config=\{"fusion_config":\{"kind":"__ynn_fusion"', hlo))
-  count = 0
-  for block in re.split(r"\n(?=\S)", hlo):  # one computation per block
-    name = re.match(r"%?([\w.\-]+)", block)
-    if name and name.group(1) in called:
-      count += len(re.findall(r" convolution\(", block))
-  return count
+  """How many convolutions of an optimized HLO module XLA:CPU gave YNNPACK (inside its `ynn_fusion`s)."""
+  computations, _ = hlo_traffic._computations(hlo)  # pylint: disable=protected-access
+  called = {i.calls for body in computations.values() for i in body
+            if i.op == "fusion" and i.name.startswith("ynn_fusion")}
+  return sum(i.op == "convolution" for name in called for i in computations.get(name, []))
 
 
 def _conv_weight_gradient(compiler_options):
@@ -63,7 +59,7 @@ def test_option_keeps_convolutions_from_ynnpack(monkeypatch):
 
 def test_cpu_train_step_and_eval_compile_with_the_options(monkeypatch):
   # The step's own jits pass the options: no convolution of the compiled ERM step or eval forward is YNNPACK's
-  # (8 of the step's are by XLA's default).
+  # (19 of the step's are by XLA's default).
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   mesh = sharding.make_mesh()
   assert xla_options.platform_of(mesh) == "cpu"
