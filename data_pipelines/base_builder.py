@@ -188,6 +188,18 @@ def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], num_workers: in
       yield pending.popleft().result()
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo of a dataset built here, never published to TFDS's bucket.
+
+  A builder made before its dataset is built asks TFDS for precomputed info in gs://tfds-data
+  (`initialize_from_bucket`). With GCS access off, as in the open-source TFDS, that call finds nothing but still
+  leaves an empty `tmp*tfds` directory in the system temp folder, one per builder.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class WbcBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base builder: subclasses say where candidates come from (`_candidates`); this class crops, writes
   the records, the report and the index."""
@@ -229,7 +241,7 @@ class WbcBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "group": tfds.features.Text(),
         "px_per_um": tfds.features.Tensor(shape=(), dtype=np.float32),
     })
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self, description=(self.__doc__ or "").strip(), features=features,
         homepage=self.HOMEPAGE or None)
 

@@ -19,8 +19,8 @@ from wbcdg_jax import protocol, report
 _ALGORITHMS = flags.DEFINE_list("algorithms", ["erm", "coral", "dann", "boda"], "configs/<name>.py to compare.")
 _PRESET = flags.DEFINE_string("preset", "quick", "Config preset: paper, quick or tiny.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Root of the runs and of the tables.")
-_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache shared by the runs "
-                             "(default: <workdir>/jax_cache; '' turns it off).")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache shared by the runs (default: "
+                             "$JAX_COMPILATION_CACHE_DIR if set, else <workdir>/jax_cache; '' turns it off).")
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: all of config.data.num_folds).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "section.field=value applied to every algorithm's config.")
 _PAIR = flags.DEFINE_list("pair", None, "Two algorithms for the side-by-side confusion (default first,last).")

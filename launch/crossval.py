@@ -22,8 +22,8 @@ from wbcdg_jax import protocol
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/boda.py:quick", "Config file[:preset].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (default: runs/cv_<algorithm>).")
-_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache shared by the runs "
-                             "(default: <workdir>/jax_cache; '' turns it off).")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache shared by the runs (default: "
+                             "$JAX_COMPILATION_CACHE_DIR if set, else <workdir>/jax_cache; '' turns it off).")
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: all of config.data.num_folds).")
 _LODO = flags.DEFINE_bool("leave_one_domain_out", False, "Each domain of sources + target is the target in turn.")
 

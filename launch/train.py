@@ -5,7 +5,7 @@ r"""Trains one configured algorithm and writes checkpoints, log.jsonl and metric
 
 Re-running the same command resumes from the latest checkpoint in the work directory, loading the compiled
 train step from <workdir>/jax_cache (a ResNet-50 step at total batch 64 takes about 2 minutes to compile on an
-H100; --compilation_cache_dir points several runs at one cache, or '' turns it off).
+H100; --compilation_cache_dir or JAX_COMPILATION_CACHE_DIR points several runs at one cache, '' turns it off).
 
 Several processes (hosts) train one model when every one runs the same command plus, either,
   --distributed                                    (TPU pods, SLURM, Open MPI: JAX detects the cluster), or
@@ -30,8 +30,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start JAX's distributed 
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a multi-process run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
-_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache (default <workdir>/jax_cache; "
-                             "'' = off).")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, "JAX compilation cache (default: "
+                             "$JAX_COMPILATION_CACHE_DIR if set, else <workdir>/jax_cache; '' = off).")
 
 
 def main(argv):

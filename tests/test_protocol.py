@@ -14,6 +14,8 @@ from tests.fake_runs import FakeTrainer
 from wbcdg_jax import protocol, report
 from wbcdg_jax.classes import CLASS_NAMES
 
+# The module fixture below trains four runs: one pytest-xdist worker runs every test here, so it trains them once.
+pytestmark = pytest.mark.xdist_group("protocol")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = ("erm", "boda")
 FOLDS = (0, 1)
@@ -220,3 +222,32 @@ def test_overrides_parse_types_and_name_bad_fields():
     protocol.apply_overrides(_tiny_config(), ["optim.lr"])
   with pytest.raises(ValueError, match="configs/nope.py"):
     protocol.load_algorithm_config("nope", "tiny")
+
+
+# ---------------------------------------------------------------------------------------- compilation cache
+
+
+def test_compilation_cache_follows_the_flag_then_the_environment_then_the_workdir(tmp_path, monkeypatch):
+  import jax
+
+  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  try:
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "shared"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.25")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
+    protocol.enable_compilation_cache(str(tmp_path / "run"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "shared")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.25  # the environment's, kept
+    protocol.enable_compilation_cache(str(tmp_path / "run"), str(tmp_path / "flag"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "flag")
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    protocol.enable_compilation_cache(str(tmp_path / "run"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "run" / "jax_cache")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+    protocol.enable_compilation_cache(str(tmp_path / "other"), "")  # off: nothing changes
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "run" / "jax_cache")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])

@@ -67,9 +67,11 @@ profile_files() {  # per traced batch (a folder boda_<batch>): three summaries (
 }
 
 gpu_tests() {  # gpu_tests SECONDS: the models, train steps and the augmentation (separate planes on a GPU) keep
-  # their contracts on the GPU (float32 matmuls: the tests compare to 1e-5). The addopts' -q alone: a second -q
-  # drops the count of passed tests, and the warnings would push it out of the last 8 lines.
+  # their contracts on the GPU (float32 matmuls: the tests compare to 1e-5). One process (the addopts' pytest-xdist
+  # workers would each claim the GPU, and the image may lack xdist), -q once: a second -q drops the count of passed
+  # tests, and the warnings would push it out of the last 8 lines.
   JAX_DEFAULT_MATMUL_PRECISION=float32 timeout "$1" "$PY" -m pytest -x -rfE -p no:cacheprovider -p no:warnings \
+    -p no:xdist -o addopts="-q -m 'not slow'" \
     tests/models/test_resnet.py tests/train/test_train_step.py tests/test_augment.py -k "not sharded" 2>&1 \
     | tail -8 | tee "$OUT/gpu_tests.txt"
 }

@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pickle
+import tempfile
 
 import numpy as np
 import pytest
@@ -138,3 +139,13 @@ def test_available():
   for name in ("matek19", "acevedo20", "int20", "mll23", "labelled_folders/<lab>",
                "synthetic_wbc/matek19_like", "synthetic_wbc/acevedo20_like", "synthetic_wbc/int20_like"):
     assert name in names
+
+
+def test_unbuilt_builders_leave_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+  # TFDS's lookup of published info (gs://tfds-data, switched off) would leave an empty tmp*tfds folder each time.
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  for name in ("matek19", "acevedo20", "synthetic_wbc/matek19_like"):
+    registry.make_builder(name, data_dir=tmp_path / "data")
+  assert os.listdir(temp) == []

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.child_env import cpu_env
 from wbcdg_jax.bench import report, runner, settings as settings_lib
 from wbcdg_jax.bench.steps import StepCache, algorithm_config, seed_steps
 
@@ -284,8 +285,7 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   """The launcher end to end on 2 fake CPU devices: the table's steps span both, scaling times 1 and 2, and
   --profile_dir writes a trace."""
   out = str(tmp_path / "bench.json")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT)
+  env = cpu_env(2, PYTHONPATH=ROOT)
   profile = tmp_path / "profile"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"), "--smoke",
                          "--algorithms=erm", "--sections=steps,scaling", "--scaling_algorithm=erm", f"--json={out}",

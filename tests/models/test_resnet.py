@@ -95,8 +95,9 @@ def test_folded_frozen_batchnorm_is_the_same_function(depth):
   folded = Classifier(num_classes=13, depth=depth, head="linear", fold_frozen_bn=True)
   plain = Classifier(num_classes=13, depth=depth, head="linear", fold_frozen_bn=False)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  init_folded = folded.init(jax.random.key(1), x)
-  init_plain = plain.init(jax.random.key(1), x)
+  # Compiled, not op by op: a ResNet-50 gradient runs in 15 s instead of 38 s on 2 CPU cores.
+  init_folded = jax.jit(folded.init)(jax.random.key(1), x)
+  init_plain = jax.jit(plain.init)(jax.random.key(1), x)
   assert jax.tree.structure(init_folded) == jax.tree.structure(init_plain)
   jax.tree.map(np.testing.assert_array_equal, init_folded, init_plain)
   variables = _perturbed_statistics(init_plain)
@@ -105,8 +106,9 @@ def test_folded_frozen_batchnorm_is_the_same_function(depth):
     z, logits = model.apply({**variables, "params": params}, x, train=True)
     return jnp.sum(logits**2) + jnp.sum(z), z
 
-  (l_folded, z_folded), g_folded = jax.value_and_grad(loss, has_aux=True)(variables["params"], folded)
-  (l_plain, z_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(variables["params"], plain)
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (l_folded, z_folded), g_folded = value_and_grad(variables["params"], folded)
+  (l_plain, z_plain), g_plain = value_and_grad(variables["params"], plain)
   _assert_close_to_scale(z_folded, z_plain, 1e-5)
   _assert_close_to_scale(l_folded, l_plain, 1e-5)
   flat_f, flat_p = jax.tree.leaves(g_folded), jax.tree.leaves(g_plain)
@@ -114,7 +116,7 @@ def test_folded_frozen_batchnorm_is_the_same_function(depth):
   for a, b in zip(flat_f, flat_p):
     _assert_close_to_scale(a, b, 1e-4)
   # The statistics matter (so the comparison above is not between two identity maps).
-  z_init, _ = folded.apply(init_folded, x)
+  z_init, _ = jax.jit(folded.apply)(init_folded, x)
   assert not np.allclose(z_init, z_folded, atol=1e-3)
 
 
@@ -132,12 +134,18 @@ def test_conv2d_matches_lax_convolution(size, kernel, strides, padding):
     out = jax.lax.conv_general_dilated(x, w, (strides, strides), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out if m is None else out * m
 
-  out = conv2d(x, w, strides, padding)
-  np.testing.assert_allclose(out, reference(x, w), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(conv2d(x, w, strides, padding, m), reference(x, w, m), rtol=1e-5, atol=1e-5)
-  probe = jax.random.normal(jax.random.key(2), out.shape)
-  grads = jax.grad(lambda x, w, m: jnp.sum(conv2d(x, w, strides, padding, m) * probe), argnums=(0, 1, 2))(x, w, m)
-  expected = jax.grad(lambda x, w, m: jnp.sum(reference(x, w, m) * probe), argnums=(0, 1, 2))(x, w, m)
+  @jax.jit  # one compile instead of one per op
+  def both(x, w, m):
+    out = conv2d(x, w, strides, padding)
+    probe = jax.random.normal(jax.random.key(2), out.shape)
+    grads = jax.grad(lambda x, w, m: jnp.sum(conv2d(x, w, strides, padding, m) * probe), argnums=(0, 1, 2))
+    expected = jax.grad(lambda x, w, m: jnp.sum(reference(x, w, m) * probe), argnums=(0, 1, 2))
+    return ((out, conv2d(x, w, strides, padding, m), *grads(x, w, m)),
+            (reference(x, w), reference(x, w, m), *expected(x, w, m)))
+
+  (out, out_m, *grads), (ref, ref_m, *expected) = both(x, w, m)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out_m, ref_m, rtol=1e-5, atol=1e-5)
   for g, e in zip(grads, expected):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
@@ -148,15 +156,16 @@ def test_conv2d_space_to_depth_is_the_stride_2_convolution(size, kernel, padding
   x = jax.random.normal(jax.random.key(0), (2, size, size + 3, 3))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 6))
   m = jax.random.uniform(jax.random.key(3), (6,), minval=0.5, maxval=2.0)
-  out = conv2d(x, w, 2, padding, m)
-  np.testing.assert_allclose(conv2d(x, w, 2, padding, m, space_to_depth=True), out, rtol=1e-5, atol=1e-5)
-  probe = jax.random.normal(jax.random.key(2), out.shape)
-
-  def grads(space_to_depth):
+  @functools.partial(jax.jit, static_argnums=0)  # one compile per path instead of one per op
+  def value_and_grads(space_to_depth, x, w, m):
+    out = conv2d(x, w, 2, padding, m, space_to_depth=space_to_depth)
+    probe = jax.random.normal(jax.random.key(2), out.shape)
     fn = lambda x, w, m: jnp.sum(conv2d(x, w, 2, padding, m, space_to_depth=space_to_depth) * probe)
-    return jax.grad(fn, argnums=(0, 1, 2))(x, w, m)
+    return out, jax.grad(fn, argnums=(0, 1, 2))(x, w, m)
 
-  for g, e in zip(grads(True), grads(False)):
+  (out_s2d, grads_s2d), (out, grads) = value_and_grads(True, x, w, m), value_and_grads(False, x, w, m)
+  np.testing.assert_allclose(out_s2d, out, rtol=1e-5, atol=1e-5)
+  for g, e in zip(grads_s2d, grads):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
@@ -165,16 +174,19 @@ def test_stem_space_to_depth_is_the_same_model():
   default = Classifier(num_classes=13, depth=10, stem_space_to_depth=False)  # the plain stride-2 convolution
   blocks = Classifier(num_classes=13, depth=10, stem_space_to_depth=True)
   assert Classifier(num_classes=13).stem_space_to_depth  # the default (faster on an H100)
-  variables = _perturbed_statistics(default.init(jax.random.key(1), x))
-  assert jax.tree.map(jnp.shape, blocks.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+  variables = _perturbed_statistics(jax.jit(default.init)(jax.random.key(1), x))
+  shapes = jax.eval_shape(blocks.init, jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, variables)
 
   def loss(v, model):
     z, logits = model.apply(v, x)
     return jnp.sum(jnp.sin(z)) + jnp.sum(logits)
 
-  np.testing.assert_allclose(blocks.apply(variables, x)[0], default.apply(variables, x)[0], rtol=1e-5, atol=1e-5)
+  apply = jax.jit(lambda v, model: model.apply(v, x)[0], static_argnums=1)  # compiled: faster than op by op
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  np.testing.assert_allclose(apply(variables, blocks), apply(variables, default), rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               jax.grad(loss)(variables, blocks)["params"], jax.grad(loss)(variables, default)["params"])
+               grad(variables, blocks)["params"], grad(variables, default)["params"])
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

@@ -1,5 +1,6 @@
 """Run in a subprocess with N fake CPU devices: prints losses and parameter checksums of 2 train steps as JSON, and
-saves the parameters to the .npz path given as the second argument."""
+saves the parameters to the .npz path given as the second argument. A third argument 'o_major' keeps the kernels
+output-channel-major (train.o_major_kernels)."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from tests.train.step_fixture import run_steps  # noqa: E402
 
 def main():
   module = sys.argv[1]
-  _, state, history = run_steps(module, num_steps=2)
+  _, state, history = run_steps(module, num_steps=2, o_major_kernels=sys.argv[3:] == ["o_major"])
   leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(state.params))]
   np.savez(sys.argv[2], *leaves)
   print(json.dumps({
@@ -24,6 +25,10 @@ def main():
       "parts": [{k: float(v) for k, v in m.items()} for m in history],
       "param_sum": float(sum(np.sum(x) for x in leaves)),
       "param_abs_sum": float(sum(np.sum(np.abs(x)) for x in leaves)),
+      # convolution kernels, and those kept output-channel-major in device memory after the steps
+      "kernels": sum(x.ndim == 4 for x in jax.tree.leaves(state.params)),
+      "o_major_kernels": sum(x.ndim == 4 and x.format.layout.major_to_minor == (3, 0, 1, 2)
+                             for x in jax.tree.leaves(state.params)),
   }))
 
 

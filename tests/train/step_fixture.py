@@ -53,11 +53,13 @@ def seeded_boda_stats(stage, counts, seed: int = 1):
   return boda.replace(means=means, initialized=jnp.asarray(True))
 
 
-def run_steps(module: str, num_steps: int = 2, mesh=None):
-  """Builds configs/<module>.py:tiny and applies `num_steps` steps; returns (stage, state, list of metrics)."""
+def run_steps(module: str, num_steps: int = 2, mesh=None, o_major_kernels: bool = False):
+  """Builds configs/<module>.py:tiny (with train.o_major_kernels) and applies `num_steps` steps; returns (stage,
+  state, list of metrics)."""
   import jax
 
   config = tiny_config(module)
+  config.train.o_major_kernels = o_major_kernels
   mesh = mesh or sharding.make_mesh()
   counts = tiny_counts()
   stage = build_stage(config, mesh=mesh, counts=counts)

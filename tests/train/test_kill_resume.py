@@ -14,6 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.child_env import cpu_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 16
 SAVE_KILL_STEP = 12  # killed inside this step's checkpoint write
@@ -28,10 +30,7 @@ def _command(data_dir: str, workdir: str) -> list[str]:
 
 
 def _env() -> dict:
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one CPU device in every run
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
+  return cpu_env()  # one CPU device in every run
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.child_env import cpu_env
 from tests.train.close_trees import assert_adam_trees_close
 from wbcdg_jax import multihost
 
@@ -40,8 +41,7 @@ def _train_command(workdir, data_dir, *extra):
 
 def _run_all(commands, log_dir):
   """Starts every command at once; returns their exit codes (killing all if one outlives TIMEOUT_S)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)  # one CPU device per process: two devices in a run can only mean two processes
+  env = cpu_env(PYTHONPATH=ROOT)  # one CPU device per process: two devices in a run can only mean two processes
   procs, logs = [], []
   for i, cmd in enumerate(commands):
     logs.append(open(os.path.join(log_dir, f"proc{i}.log"), "w+"))
@@ -90,7 +90,11 @@ def _assert_trees_close(a, b, what):
   assert_adam_trees_close(a, b, what, atol=ATOL, steps=4, lr=1e-3)
 
 
-@pytest.mark.parametrize("o_major_kernels", [False, True], ids=["default", "o_major_kernels"])
+# The o_major_kernels variant is `slow` (-m slow): CI covers its layout over several devices in
+# test_train_step.py::test_sharded_step_matches_1_device[dann-4-o_major] and its checkpoints in one process
+# (test_train_step.py, test_trainer.py), and three more processes cost 1.5 minutes of 2 CPU cores.
+@pytest.mark.parametrize("o_major_kernels", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["default", "o_major_kernels"])
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, o_major_kernels):
   # o_major_kernels: the state's convolution kernels placed in a non-default device layout over both processes.
   address = f"localhost:{_free_port()}"

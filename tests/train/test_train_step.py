@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.child_env import cpu_env
 from tests.train.close_trees import assert_adam_trees_close
 from tests.train.step_fixture import run_steps, tiny_batch, tiny_config, tiny_counts
 from wbcdg_jax import sharding
@@ -91,13 +92,13 @@ def test_nonfinite_update_is_dropped_and_counted():
 
 
 @functools.cache
-def _run_sharded(module: str, devices: int) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT)
+def _run_sharded(module: str, devices: int, o_major: bool = False) -> dict:
+  env = cpu_env(devices, PYTHONPATH=ROOT)
   with tempfile.TemporaryDirectory() as tmp:
     params_file = os.path.join(tmp, "params.npz")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "train", "sharded_step_script.py"), module,
-                          params_file], env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+                          params_file] + (["o_major"] if o_major else []), env=env, capture_output=True, text=True,
+                         timeout=240, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     with np.load(params_file) as f:
@@ -106,10 +107,15 @@ def _run_sharded(module: str, devices: int) -> dict:
 
 
 # 2 devices with BoDA once deadlocked on XLA:CPU (collectives inside a lax.cond branch); the timeout catches that.
-@pytest.mark.parametrize("module, devices", [("boda", 2), ("boda", 4), ("dann", 4)])
-def test_sharded_step_matches_1_device(module, devices):
-  one, four = _run_sharded(module, 1), _run_sharded(module, devices)
+# o_major: the 4-device run keeps its kernels output-channel-major (train.o_major_kernels), a device layout that
+# must change no value; the 1-device reference keeps the default layout.
+@pytest.mark.parametrize("module, devices, o_major", [("boda", 2, False), ("boda", 4, False), ("dann", 4, True)],
+                         ids=["boda-2", "boda-4", "dann-4-o_major"])
+def test_sharded_step_matches_1_device(module, devices, o_major):
+  one, four = _run_sharded(module, 1), _run_sharded(module, devices, o_major)
   assert one["devices"] == 1 and four["devices"] == devices
+  assert four["kernels"] > 0 and one["o_major_kernels"] == 0
+  assert four["o_major_kernels"] == (four["kernels"] if o_major else 0)
   np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-5)
   for a, b in zip(one["parts"], four["parts"]):
     for k in a:
