@@ -48,12 +48,12 @@ def enable_compilation_cache(workdir: str, directory: str | None = None) -> None
   algorithm compiles the same step and evaluation functions; with the cache the folds after the first load them
   instead of compiling again (about 10-15 s per run on 2 CPU cores).
   """
-  import jax  # lazily, as in _default_train_fn
-
   if directory is None:
     directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(workdir, "jax_cache")
   if not directory:
     return
+  import jax  # lazily, as in _default_train_fn
+
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

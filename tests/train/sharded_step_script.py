@@ -18,6 +18,7 @@ def main():
   module = sys.argv[1]
   _, state, history = run_steps(module, num_steps=2, o_major_kernels=sys.argv[3:] == ["o_major"])
   leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(state.params))]
+  kernels = [x for x in jax.tree.leaves(state.params) if x.ndim == 4]
   np.savez(sys.argv[2], *leaves)
   print(json.dumps({
       "devices": jax.device_count(),
@@ -26,9 +27,8 @@ def main():
       "param_sum": float(sum(np.sum(x) for x in leaves)),
       "param_abs_sum": float(sum(np.sum(np.abs(x)) for x in leaves)),
       # convolution kernels, and those kept output-channel-major in device memory after the steps
-      "kernels": sum(x.ndim == 4 for x in jax.tree.leaves(state.params)),
-      "o_major_kernels": sum(x.ndim == 4 and x.format.layout.major_to_minor == (3, 0, 1, 2)
-                             for x in jax.tree.leaves(state.params)),
+      "kernels": len(kernels),
+      "o_major_kernels": sum(x.format.layout.major_to_minor == (3, 0, 1, 2) for x in kernels),
   }))
 
 
