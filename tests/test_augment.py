@@ -239,11 +239,11 @@ def test_the_gpu_layout_computes_what_the_cpu_layout_does(options):
   with the blur on [3, h, w] or [h, 3, w]: both, run here, give the same images."""
   images = _images(b=6, s=40, seed=2)
   x = images.astype(np.float32) / 255.0
-  keys = jax.random.split(jax.random.key(4), 6)
+  draws = augment.draws(jax.random.key(4), 6)
   run = jax.jit(augment._augment_images,  # pylint: disable=protected-access
                 static_argnames=("out_size", "opt", "separate_planes"))
-  array = np.asarray(run(x, keys, out_size=32, opt=options, separate_planes=False))
-  planes = np.asarray(run(x, keys, out_size=32, opt=options, separate_planes=True))
+  array = np.asarray(run(x, draws, out_size=32, opt=options, separate_planes=False))
+  planes = np.asarray(run(x, draws, out_size=32, opt=options, separate_planes=True))
   assert array.shape == planes.shape == (6, 32, 32, 3)
   np.testing.assert_allclose(planes, array, atol=1e-5)
   # augment_batch computes the same values in this platform's layout (the array on a CPU), normalized.
@@ -251,12 +251,39 @@ def test_the_gpu_layout_computes_what_the_cpu_layout_does(options):
                              (array - MEAN) / STD, atol=1e-5)
 
 
+def test_an_example_depends_only_on_its_row_of_draws():
+  """Row i of `draws(key, B)` is all of example i's randomness: permuting images and rows together permutes the
+  outputs, and equal rows give equal augmentations of equal images."""
+  images = _images(b=4, s=24, seed=6).astype(np.float32) / 255.0
+  u = np.asarray(augment.draws(jax.random.key(7), 4))
+  assert u.shape == (4, augment.NUM_DRAWS) and u.min() >= 0.0 and u.max() < 1.0
+  run = jax.jit(augment._augment_images,  # pylint: disable=protected-access
+                static_argnames=("out_size", "opt", "separate_planes"))
+  opts = augment.AugmentOptions()
+  y = np.asarray(run(images, u, out_size=16, opt=opts, separate_planes=False))
+  perm = np.array([2, 0, 3, 1])
+  np.testing.assert_allclose(run(images[perm], u[perm], out_size=16, opt=opts, separate_planes=False), y[perm],
+                             atol=1e-6)
+  same = np.asarray(run(images[[1, 1]], u[[1, 1]], out_size=16, opt=opts, separate_planes=False))
+  np.testing.assert_array_equal(same[0], same[1])
+  np.testing.assert_allclose(same[0], y[1], atol=1e-6)
+
+
+def test_uniform_maps_draws_to_the_range_as_jax_random_does():
+  u = augment.draws(jax.random.key(3), 5)
+  lo, hi, hue = -2.0, 3.5, augment._HUE  # pylint: disable=protected-access
+  mapped = np.stack([augment._uniform(row, hue, lo, hi) for row in u])  # pylint: disable=protected-access
+  np.testing.assert_allclose(mapped, lo + np.asarray(u)[:, hue] * (hi - lo), rtol=1e-6)
+  assert (mapped >= lo).all() and (mapped < hi).all()
+
+
 @pytest.mark.parametrize("separate_planes", [False, True], ids=["array", "planes"])
 def test_blur_of_either_layout_is_the_reflect_padded_gaussian(separate_planes):
   x = np.random.default_rng(5).random((12, 10, 3)).astype(np.float32)  # [H, W, 3], H != W
   opts = _neutral(blur_p=1.0, blur_sigma=(1.1, 1.1))
   layout = (0, 2, 1) if separate_planes else (2, 0, 1)  # [H, 3, W] or [3, H, W]
-  y = augment._blur(np.transpose(x, layout), jax.random.key(0), opts,  # pylint: disable=protected-access
+  u = augment.draws(jax.random.key(0), 1)[0]
+  y = augment._blur(np.transpose(x, layout), u, opts,  # pylint: disable=protected-access
                     channel_axis=1 if separate_planes else 0)
   y = np.transpose(np.asarray(y), np.argsort(layout))
   rows = np.asarray(augment._blur_matrix(12, np.float32(1.1), 4))  # pylint: disable=protected-access
