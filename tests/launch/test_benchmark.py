@@ -151,6 +151,8 @@ def test_profile_table_says_which_activations_ran_inside_the_convolutions():
                           "(traced)\n") and "| model backward | 18.000 | 60.0% |" in plain
   gpu = report.format_profile({"profiles": [dict(profile, convolution_activations={"kRelu": 60, "kNone": 98})]})
   assert "(traced); cuDNN convolutions by fused activation: kRelu 60, kNone 98\n" in gpu
+  cpu = report.format_profile({"profiles": [dict(profile, source="CPU XLA ops", async_ms_per_step=21.5)]})
+  assert "(traced); 21.50 ms of it asynchronous ops' work on XLA:CPU's threads\n" in cpu
 
 
 def test_seed_steps_pick_erm_once_per_batch_and_device_count():

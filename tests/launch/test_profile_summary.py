@@ -4,11 +4,13 @@ import gzip
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from wbcdg_jax import xla_options
 from wbcdg_jax.bench import profile_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -184,6 +186,65 @@ def test_summary_by_part_of_a_traced_gradient_step(tmp_path):
     profile_summary.summarize(data, by="part")
   with pytest.raises(ValueError, match="grouping 'kernel' is not one of"):
     profile_summary.summarize(data, by="kernel")
+
+
+class _Timed:
+  """A made-up host event: name, start and duration (ns), flow statistics."""
+
+  def __init__(self, name, start_ns, duration_ns=0, **stats):
+    self.name, self.start_ns, self.duration_ns, self.stats = name, start_ns, duration_ns, list(stats.items())
+
+
+def _pool_tasks(*spans):
+  return [e for a, b in spans for e in (_Timed("ThreadpoolListener::StartRegion", a),
+                                        _Timed("ThreadpoolListener::StopRegion", b))]
+
+
+def test_intervals_minus_cuts_out_every_covered_stretch():
+  minus = profile_summary._intervals_minus  # pylint: disable=protected-access
+  assert minus([(0, 10), (20, 30)], [(2, 4), (3, 5), (8, 22), (29, 40)]) == [(0, 2), (5, 8), (22, 29)]
+  assert minus([(0, 10)], []) == [(0, 10)] and minus([(0, 10)], [(-5, 15)]) == []
+  assert minus([(0, 10), (12, 14)], [(10, 12)]) == [(0, 10), (12, 14)]
+
+
+def test_cpu_async_work_is_the_pool_time_outside_events_while_in_flight():
+  """Two pool threads busy 0-10 ms: an asynchronous convolution in flight 0-10 ms, a matrix product 6-10 ms, a
+  synchronous fusion on thread A 2-4 ms; then both threads work untraced 12-13 ms with nothing in flight."""
+  ms = 1_000_000
+  conv = _Timed("convolution.1", 0, ms // 10, _p=1)  # its hand-over, on thread A
+  dot = _Timed("dot.2", 6 * ms, 0, _p=2)
+  fusion = _Timed("add_fusion", 2 * ms, 2 * ms, _p=3)
+  thread_a = _pool_tasks((0, 10 * ms), (12 * ms, 13 * ms)) + [
+      conv, fusion, _Timed("end: add_fusion", 4 * ms, 10, _c=3), _Timed("end: convolution.1", 10 * ms, 10, _c=1)]
+  thread_b = _pool_tasks((0, 10 * ms), (12 * ms, 13 * ms)) + [dot, _Timed("end: dot.2", 10 * ms, 10, _c=2)]
+  client = [_Timed("ThunkExecutor::Execute (wait for completion)", 0, 13 * ms)]
+  work, unattributed = profile_summary.cpu_async_work(
+      [("tf_XLAEigen/1", thread_a), ("tf_XLAEigen/2", thread_b), ("tf_XLAPjRtCpuClient/3", client)])
+  # 0-6 ms: the convolution alone (2 threads x 6 ms, less the hand-over and the fusion); 6-10 ms: shared.
+  assert work[id(conv)] == pytest.approx((12 - 0.1 - 2) * ms + 8 * ms / 2)
+  assert work[id(dot)] == pytest.approx(8 * ms / 2)
+  assert id(fusion) not in work  # synchronous: its event covers it
+  assert unattributed == pytest.approx(2 * ms)
+
+
+def test_cpu_summary_counts_an_asynchronous_convolution(tmp_path):
+  """XLA:CPU may run a convolution asynchronously (Eigen on its pool), its event covering only the hand-over
+  (0.4 of 24 ms here): the summary still gives it most of the traced calls' time, whichever way it ran."""
+  x, w = jnp.ones((32, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
+  f = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) * 2.0,
+              compiler_options=xla_options.compiler_options("cpu"))
+  jax.block_until_ready(f(x, w))
+  with jax.profiler.trace(str(tmp_path)):
+    t0 = time.perf_counter()
+    for _ in range(3):
+      jax.block_until_ready(f(x, w))
+    wall_ns = (time.perf_counter() - t0) * 1e9
+  summary = profile_summary.summarize(next(tmp_path.rglob("*.xplane.pb")).read_bytes())
+  busiest, ns = summary.total_ns.most_common(1)[0]
+  assert "conv" in busiest or "ynn" in busiest, summary.table()
+  assert ns > 0.5 * wall_ns, (summary.table(), wall_ns / 1e6)
+  assert summary.busy_ns == pytest.approx(sum(summary.total_ns.values()))
 
 
 def test_launcher_prints_the_table_and_names_a_bad_file(trace, tmp_path):

@@ -14,6 +14,10 @@ kernel's own name, which XLA derives from its fusion's), and the events are grou
   `transpose(jvp(model))` its backward pass.
 
 Groups are listed by total time, with their share of the busy time.
+
+On a CPU some ops run asynchronously: XLA:CPU hands convolutions (and some matrix products) to Eigen on its thread
+pool, and the op's event covers only the hand-over (0.4 ms of a 24 ms convolution), so that a summary of events
+alone left most of a ResNet step out (`cpu_async_work` measures it; see there).
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
+import math
 import re
 
 GROUPINGS = ("op", "instruction", "part")
 
 # Events of the CPU runtime itself (and the end markers of some), not of an op.
 _CPU_RUNTIME = re.compile(r"^(ThunkExecutor|ThreadpoolListener|TfrtCpu|PjRt|SlinkyThreadPool|end: )")
+_END = "end: "  # XLA:CPU's marker of an op's completion, joined to the op's event by a flow id
+_CPU_POOL = "tf_XLAEigen"  # the lines of XLA:CPU's intra-op thread pool, where ops and their library calls run
+_TASK_START, _TASK_STOP = "ThreadpoolListener::StartRegion", "ThreadpoolListener::StopRegion"
+_FLOW_OUT, _FLOW_IN = "_p", "_c"  # the profiler's flow statistics: producer (the op), consumer (its end marker)
 # HLO text: a computation's header `%fused_computation.3 (p: f32[2]) -> f32[2] {` (or `ENTRY %main ...`), and an
 # instruction `  ROOT %name = type op(...), calls=%fused_computation.3, metadata={op_name="a/b/c" ...}`.
 COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
@@ -39,6 +48,7 @@ _FUSED = ("fused_computation", "wrapped_")  # computations of fusions, whose ins
 NO_METADATA = "(no op_name metadata)"
 NOT_IN_HLO = "(not in the HLO)"
 UNSCOPED = "(outside any named scope)"
+UNTRACED = "(pool work, no async op in flight)"
 
 
 _ACTIVATION_MODE = re.compile(r'"activation_mode":"(\w+)"')
@@ -140,16 +150,20 @@ def part_of(op_name: str) -> str:
 
 @dataclasses.dataclass
 class Summary:
-  """Busy time (ns) of the chosen lines and per-group totals (ns) and event counts."""
+  """Busy time (ns) of the chosen lines and per-group totals (ns) and event counts; on a CPU, async_ns of the busy
+  time is asynchronous ops' work measured by `cpu_async_work`."""
 
   source: str
   busy_ns: float
   total_ns: collections.Counter
   count: collections.Counter
   grouping: str = "op"
+  async_ns: float = 0.0
 
   def table(self, top: int = 25) -> str:
-    lines = [f"{self.source}: {self.busy_ns / 1e6:.2f} ms busy in {sum(self.count.values())} events",
+    note = (f" (thread time; {self.async_ns / 1e6:.2f} ms of it asynchronous ops' work on the pool)"
+            if self.async_ns else "")
+    lines = [f"{self.source}: {self.busy_ns / 1e6:.2f} ms busy in {sum(self.count.values())} events{note}",
              f"| {self.grouping} | ms | share | events |", "| --- | ---: | ---: | ---: |"]
     for name, ns in self.total_ns.most_common(top):
       lines.append(f"| {name} | {ns / 1e6:.3f} | {100 * ns / max(self.busy_ns, 1):.1f}% | {self.count[name]} |")
@@ -171,8 +185,98 @@ def _group(event, by_instruction: bool = False) -> str:
   return name if by_instruction else re.sub(r"(\.\d+)+$", "", name)
 
 
+def _intervals_minus(outer: list[tuple[int, int]], inner: list[tuple[int, int]]) -> list[tuple[int, int]]:
+  """The parts of the disjoint sorted intervals `outer` that no interval of `inner` (any order, may overlap)
+  covers."""
+  inner = sorted(inner)
+  out, j = [], 0
+  for start, stop in outer:
+    t = start
+    while j < len(inner) and inner[j][0] < stop:  # inner intervals starting before this outer one ends
+      a, b = inner[j]
+      if a > t:
+        out.append((t, a))
+      t = max(t, b)
+      if b > stop:
+        break  # it reaches into the next outer interval: look at it again there
+      j += 1
+    if t < stop:
+      out.append((t, stop))
+  return [(a, b) for a, b in out if b > a]
+
+
+def cpu_async_work(lines: list[tuple[str, list]]) -> tuple[dict[int, float], float]:
+  """The work of XLA:CPU's asynchronous ops, which their events do not cover.
+
+  An op that XLA:CPU runs asynchronously (an Eigen convolution or matrix product) has an event for its
+  hand-over to the thread pool, which then does the work without events of its own, and an 'end: <op>' marker
+  (joined to the op's event by a flow id) when the op completes. Meanwhile the pool's threads are inside a task
+  (between the ThreadpoolListener StartRegion and StopRegion markers) but outside any event. That untraced task
+  time is what this returns, shared among the asynchronous ops in flight at each moment (equally where several
+  are). The completion marker can come late (its thread first runs the ops that were waiting for it), but those
+  ops have events of their own, so their time is not counted twice.
+
+  Args:
+    lines: (line name, events) of the host plane's XLA threads; events have name, start_ns, duration_ns, stats.
+
+  Returns:
+    ({id(op event): its work in ns}, ns of untraced task time while no asynchronous op was in flight).
+  """
+  ends: dict[int, float] = {}
+  ops = []
+  for _, events in lines:
+    for event in events:
+      stats = dict(event.stats)
+      if event.name.startswith(_END) and _FLOW_IN in stats:
+        ends[int(stats[_FLOW_IN])] = event.start_ns
+      elif not _CPU_RUNTIME.match(event.name) and _FLOW_OUT in stats:
+        ops.append((event, int(stats[_FLOW_OUT])))
+  in_flight = [(event.start_ns, ends[flow], event) for event, flow in ops
+               if ends.get(flow, -math.inf) > event.start_ns + event.duration_ns]
+  untraced = []
+  for name, events in lines:
+    if not name.startswith(_CPU_POOL):
+      continue
+    tasks, start = [], None
+    for event in sorted(events, key=lambda e: e.start_ns):
+      if event.name == _TASK_START:
+        start = event.start_ns
+      elif event.name == _TASK_STOP and start is not None:
+        tasks.append((start, event.start_ns))
+        start = None
+    traced = [(e.start_ns, e.start_ns + e.duration_ns) for e in events
+              if e.duration_ns > 0 and not e.name.startswith(("ThreadpoolListener", _END))]
+    untraced += _intervals_minus(tasks, traced)
+  # Sweep over time: between consecutive boundaries, (threads in untraced work) x (duration), shared among the
+  # asynchronous ops in flight.
+  points = [(a, 0, 1, None) for a, _ in untraced] + [(b, 0, -1, None) for _, b in untraced]
+  points += [(a, 1, 1, e) for a, _, e in in_flight] + [(b, 1, -1, e) for _, b, e in in_flight]
+  points.sort(key=lambda p: (p[0], p[1], p[2]))
+  work: dict[int, float] = collections.defaultdict(float)
+  active: dict[int, object] = {}
+  threads, unattributed, previous = 0, 0.0, None
+  for t, kind, sign, event in points:
+    if previous is not None and t > previous and threads > 0:
+      ns = (t - previous) * threads
+      if active:
+        for key in active:
+          work[key] += ns / len(active)
+      else:
+        unattributed += ns
+    previous = t
+    if kind == 0:
+      threads += sign
+    elif sign > 0:
+      active[id(event)] = event
+    else:
+      active.pop(id(event), None)
+  return dict(work), unattributed
+
+
 def summarize(serialized: bytes, *, by: str = "op", hlo_text: str | None = None) -> Summary:
-  """Summary of the device planes' stream lines, or of the CPU's XLA threads when no device plane has events.
+  """Summary of the device planes' stream lines, or of the CPU's XLA threads when no device plane has events (there
+  each asynchronous op also gets its work on the pool, `cpu_async_work`, and the rest of the pool's untraced work
+  is a row of its own, UNTRACED: the busy time is the pool's thread time).
 
   Args:
     serialized: the trace (`.xplane.pb` bytes, gzipped or not).
@@ -195,10 +299,13 @@ def summarize(serialized: bytes, *, by: str = "op", hlo_text: str | None = None)
   chosen = [events for name, lines in planes if name.startswith("/device:") for line, events in lines
             if "stream" in line.lower() or "xla ops" in line.lower()]
   source = "device kernels"
+  async_work, unattributed = {}, 0.0
   if not any(chosen):
-    chosen = [events for name, lines in planes if name == "/host:CPU" for line, events in lines
-              if line.startswith("tf_XLA")]
+    cpu_lines = [(line, events) for name, lines in planes if name == "/host:CPU" for line, events in lines
+                 if line.startswith("tf_XLA")]
+    chosen = [events for _, events in cpu_lines]
     source = "CPU XLA ops"
+    async_work, unattributed = cpu_async_work(cpu_lines)
   scopes = op_names(hlo_text) if by == "part" else {}
   total, count = collections.Counter(), collections.Counter()
   for events in chosen:
@@ -212,8 +319,11 @@ def summarize(serialized: bytes, *, by: str = "op", hlo_text: str | None = None)
         group = part_of(op_name) if op_name else f"{NOT_IN_HLO if op_name is None else NO_METADATA} {_group(event)}"
       else:
         group = _group(event, by == "instruction")
-      total[group] += event.duration_ns
+      total[group] += event.duration_ns + async_work.get(id(event), 0.0)
       count[group] += 1
   if not total:
     raise ValueError("profile_summary: the trace has no device kernel or CPU XLA op events")
-  return Summary(source=source, busy_ns=float(sum(total.values())), total_ns=total, count=count, grouping=by)
+  if unattributed:
+    total[UNTRACED] += unattributed
+  return Summary(source=source, busy_ns=float(sum(total.values())), total_ns=total, count=count, grouping=by,
+                 async_ns=float(sum(async_work.values())))

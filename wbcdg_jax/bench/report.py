@@ -54,6 +54,12 @@ def _activations(profile: dict[str, Any]) -> str:
       else ""
 
 
+def _async(profile: dict[str, Any]) -> str:
+  """'; 120.00 ms of it asynchronous ops' work (thread time)' (a CPU's convolutions), else ''."""
+  ms = profile.get("async_ms_per_step")
+  return f"; {ms:.2f} ms of it asynchronous ops' work on XLA:CPU's threads" if ms else ""
+
+
 def format_profile(result: dict[str, Any], top: int = 12) -> str:
   """Markdown: where each profiled step's time went, by part of the step ('' when no profile was taken)."""
   blocks = []
@@ -62,7 +68,7 @@ def format_profile(result: dict[str, Any], top: int = 12) -> str:
       continue
     lines = [f"Profile: {profile['algorithm']} at total batch {profile['batch']}, {profile['source']}: "
              f"{profile['busy_ms_per_step']:.2f} ms busy per step of {profile['wall_ms_per_step']:.2f} ms "
-             "(traced)" + _activations(profile), "| part | ms per step | share |", "| --- | ---: | ---: |"]
+             "(traced)" + _async(profile) + _activations(profile), "| part | ms per step | share |", "| --- | ---: | ---: |"]
     lines += [f"| {row['part']} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
               for row in profile["by_part"][:top]]
     blocks.append("\n".join(lines))

@@ -271,6 +271,8 @@ def profile_step(built, settings: Settings, log: Callable[[str], None]) -> dict[
     out[f"by_{by}"] = [{by: name, "ms_per_step": ns / 1e6 / PROFILED_STEPS, "share": ns / summary.busy_ns}
                        for name, ns in summary.total_ns.most_common()]
     out["source"], out["busy_ms_per_step"] = summary.source, summary.busy_ns / 1e6 / PROFILED_STEPS
+    if summary.async_ns:  # a CPU's asynchronous ops (convolutions), measured by their threads' untraced work
+      out["async_ms_per_step"] = summary.async_ns / 1e6 / PROFILED_STEPS
   # On a CPU the busy time adds up the threads, so it can exceed the wall time.
   out["busy_share_of_wall"] = out["busy_ms_per_step"] / out["wall_ms_per_step"]
   return out
