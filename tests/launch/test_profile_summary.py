@@ -230,7 +230,8 @@ def test_cpu_async_work_is_the_pool_time_outside_events_while_in_flight():
 def test_cpu_summary_counts_an_asynchronous_convolution(tmp_path):
   """XLA:CPU may run a convolution asynchronously (Eigen on its pool), its event covering only the hand-over
   (0.4 of 24 ms here): the summary still gives it most of the traced calls' time, whichever way it ran."""
-  x, w = jnp.ones((32, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
+  cpu = jax.devices("cpu")[0]  # XLA:CPU's behaviour, wherever the test runs
+  x, w = jax.device_put(jnp.ones((32, 32, 32, 64)), cpu), jax.device_put(jnp.ones((3, 3, 64, 64)), cpu)
   f = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")) * 2.0,
               compiler_options=xla_options.compiler_options("cpu"))
