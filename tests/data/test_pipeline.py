@@ -298,3 +298,62 @@ def test_array_record_dataset_with_worker_processes(tmp_path):
     _assert_batches_equal(_take(resumed, 3), in_process[3:])
   finally:
     resumed.close()
+
+
+def test_images_of_a_tfds_source_are_cut_out_of_the_serialized_records(tmp_path):
+  """The builders' raw-bytes image is read without decoding the record's other features, and equals the decoded
+  one; a source without serialized records (a list) is read as before."""
+  builder = _tiny_builder_class()(data_dir=str(tmp_path), file_format="array_record")
+  builder.download_and_prepare()
+  source = builder.as_data_source()["train"]
+  images = pipeline._Images.of(source, "tiny", S)  # pylint: disable=protected-access
+  assert images.raw
+  order = np.random.default_rng(0).permutation(len(source))
+  np.testing.assert_array_equal(images(order), np.stack([source[int(i)]["image"] for i in order]))
+  listed = pipeline._Images.of(_domain(0, [0, 1, 2]).source, "listed", S)  # pylint: disable=protected-access
+  assert not listed.raw and listed(np.array([2, 0]))[:, 0, 0, 1].tolist() == [2, 0]
+
+
+class _SerializedSource:
+  """A TFDS-like source: `data_source[i]` serialized records, `source[i]` the decoded dict."""
+
+  def __init__(self, records, decoded):
+    self.data_source, self._decoded = records, decoded
+
+  def __len__(self):
+    return len(self._decoded)
+
+  def __getitem__(self, i):
+    return {"image": self._decoded[i]}
+
+
+def _example(**features) -> bytes:
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel
+
+  example = tf_example_pb2.Example()
+  for key, value in features.items():
+    if isinstance(value, bytes):
+      example.features.feature[key].bytes_list.value.append(value)
+    else:
+      example.features.feature[key].int64_list.value.extend(value)
+  return example.SerializeToString()
+
+
+def test_images_fall_back_to_the_source_unless_the_raw_bytes_are_its_image():
+  decoded = [np.full((S, S, 3), i, np.uint8) for i in range(3)]
+  of = pipeline._Images.of  # pylint: disable=protected-access
+  as_ints = _SerializedSource([_example(image=list(d.ravel())) for d in decoded], decoded)
+  not_examples = _SerializedSource([b"\xff\x00 not a protobuf"] * 3, decoded)
+  other_pixels = _SerializedSource([_example(image=(d + 1).tobytes()) for d in decoded], decoded)
+  for source in (as_ints, not_examples, other_pixels):
+    images = of(source, "fake", S)
+    assert not images.raw
+    np.testing.assert_array_equal(images(np.array([2, 1])), np.stack([decoded[2], decoded[1]]))
+  # Raw bytes that are the image: read raw; a later record that is not names the domain and the record.
+  records = [_example(image=d.tobytes(), label=[i]) for i, d in enumerate(decoded)]
+  records[1] = _example(image=decoded[1].tobytes()[:-1])
+  images = of(_SerializedSource(records, decoded), "fake", S)
+  assert images.raw
+  np.testing.assert_array_equal(images(np.array([2, 0])), np.stack([decoded[2], decoded[0]]))
+  with pytest.raises(ValueError, match=r"domain 'fake' record 1: field 'image' is not 4x4x3 raw uint8 bytes"):
+    images(np.array([0, 1]))
