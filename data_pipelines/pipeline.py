@@ -322,7 +322,8 @@ def make_eval_iterator(
   loader = _EvalBatchLoader(
       images=_Images.of(domain.source, domain.name, int(domain.image_size)),
       labels=np.asarray(domain.labels, np.int64), image_size=int(domain.image_size), indices=idx,
-      global_batch=batch_size, rows=_local_rows(batch_size, process_index, process_count), domain_index=int(domain_index))
+      global_batch=batch_size, rows=_local_rows(batch_size, process_index, process_count),
+      domain_index=int(domain_index))
   ds = grain.MapDataset.range(num_batches).map(loader)
   return _to_iter(ds, num_threads=num_threads, prefetch=prefetch, num_workers=num_workers), num_batches
 

@@ -202,7 +202,7 @@ def _intervals_minus(outer: list[tuple[int, int]], inner: list[tuple[int, int]])
       j += 1
     if t < stop:
       out.append((t, stop))
-  return [(a, b) for a, b in out if b > a]
+  return out
 
 
 def cpu_async_work(lines: list[tuple[str, list]]) -> tuple[dict[int, float], float]:
@@ -253,7 +253,7 @@ def cpu_async_work(lines: list[tuple[str, list]]) -> tuple[dict[int, float], flo
   points += [(a, 1, 1, e) for a, _, e in in_flight] + [(b, 1, -1, e) for _, b, e in in_flight]
   points.sort(key=lambda p: (p[0], p[1], p[2]))
   work: dict[int, float] = collections.defaultdict(float)
-  active: dict[int, object] = {}
+  active: set[int] = set()  # ids of the asynchronous ops in flight
   threads, unattributed, previous = 0, 0.0, None
   for t, kind, sign, event in points:
     if previous is not None and t > previous and threads > 0:
@@ -267,9 +267,9 @@ def cpu_async_work(lines: list[tuple[str, list]]) -> tuple[dict[int, float], flo
     if kind == 0:
       threads += sign
     elif sign > 0:
-      active[id(event)] = event
+      active.add(id(event))
     else:
-      active.pop(id(event), None)
+      active.discard(id(event))
   return dict(work), unattributed
 
 

@@ -68,7 +68,8 @@ def format_profile(result: dict[str, Any], top: int = 12) -> str:
       continue
     lines = [f"Profile: {profile['algorithm']} at total batch {profile['batch']}, {profile['source']}: "
              f"{profile['busy_ms_per_step']:.2f} ms busy per step of {profile['wall_ms_per_step']:.2f} ms "
-             "(traced)" + _async(profile) + _activations(profile), "| part | ms per step | share |", "| --- | ---: | ---: |"]
+             "(traced)" + _async(profile) + _activations(profile),
+             "| part | ms per step | share |", "| --- | ---: | ---: |"]
     lines += [f"| {row['part']} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
               for row in profile["by_part"][:top]]
     blocks.append("\n".join(lines))
