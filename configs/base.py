@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.per_domain_batch = 32  # training images per source domain per step (total = this * len(sources))
   c.data.eval_batch = 128
   c.data.num_workers = 0  # grain worker processes (0 reads in the main process with threads)
-  c.data.prefetch = 2  # batches prefetched onto the devices
+  c.data.prefetch = 2  # batches read and placed on the devices ahead by a thread (sharding.device_batches); 0: none
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 50
@@ -56,7 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # feature dropout before the head (0 / 0.1 / 0.5 in the searches)
   # How the same function is computed (speed only; see wbcdg_jax/models/resnet.py and launch/benchmark.py):
   c.model.fold_frozen_bn = True  # frozen batch norm folded into its convolution: conv(x, W * m) + t
-  c.model.max_pool = "taps"  # the stem's max pool: 'taps', 'window', 'slices' or 'index' (one function; models/resnet.py)
+  # The stem's max pool: 'index', 'taps', 'window' or 'slices' (one function; models/resnet.py). 'index' against
+  # 'taps': one H100, ERM at batch 256, 1.04x; 2 CPU cores 1.04x.
+  c.model.max_pool = "index"
   # The stem's 7x7 stride-2 conv as a 4x4 conv over 2x2 pixel blocks: on one H100 1.08x (batch 64) and 1.05x
   # (256) faster steps, and a batch-64 step compiles in ~25 s instead of ~115 s; about 1.0x on a CPU.
   c.model.stem_space_to_depth = True
@@ -92,12 +94,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.donate_state = True
   # Keep the convolution kernels output-channel-major in device memory (cuDNN's filter layout): the optimizer
   # update then runs elementwise in place, without XLA:GPU's per-kernel transposes and copies into the donated
-  # state (wbcdg_jax/sharding.py:state_shardings). Same values; checkpoints unchanged. Off until a GPU times it.
-  c.train.o_major_kernels = False
+  # state (wbcdg_jax/sharding.py:state_shardings). Same values; checkpoints unchanged. 'auto': on GPUs (one H100,
+  # ERM at batch 256: 1.02x), off elsewhere (2 CPU cores: 0.89x; TPUs not timed); or 'true' / 'false'.
+  c.train.o_major_kernels = "auto"
   # On CPUs, let XLA hand convolutions to YNNPACK (its default in JAX 0.10). Off: on 2 AVX2 cores YNNPACK's
   # convolutions were 1.3-19x slower than XLA's own (weight gradients the worst), the quick preset's step 2.0x
   # (wbcdg_jax/xla_options.py). No effect on GPUs and TPUs.
   c.train.cpu_ynn_convolutions = False
+  # On GPUs, what XLA records into CUDA graphs (launched by one call each): 'xla' (its default) or 'all' (also the
+  # cuDNN convolutions and cuBLASLt matrix products, which it launches one by one: on one H100 at total batch 64
+  # the host spent 6.5-7.1 ms of a 10.3 ms BoDA step launching it; wbcdg_jax/xla_options.py). Not timed yet.
+  c.train.gpu_command_buffers = "xla"
 
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = True

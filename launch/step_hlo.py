@@ -4,7 +4,7 @@ r"""Compiles a benchmark train step for a GPU this machine may not have, and lis
   python3 -m venv /tmp/cuda_venv && /tmp/cuda_venv/bin/pip install -e . "jax[cuda12]==$(python -c \
       'import jax; print(jax.__version__)')"
   JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 /tmp/cuda_venv/bin/python launch/step_hlo.py --algorithm=boda --batch=64 \
-      --variants=,max_pool=index,optim.flatten=true --hlo_dir=runs/step_hlo
+      --variants=,max_pool=taps,optim.flatten=true --hlo_dir=runs/step_hlo
   python launch/step_hlo.py --target=local --preset=cpu --batch=32     # this machine's devices (no CUDA build)
 
 XLA compiles for an H100 ahead of time from `launch/device/h100_target.textproto` (the GPU's published
@@ -25,7 +25,7 @@ from absl import app, flags, logging
 _ALGORITHM = flags.DEFINE_string("algorithm", "boda", "Benchmark algorithm name (launch/benchmark.py's).")
 _BATCH = flags.DEFINE_integer("batch", 64, "Total batch.")
 _VARIANTS = flags.DEFINE_list("variants", [""], "Variants to compile, '' for the default step: e.g. "
-                              "',max_pool=index,optim.flatten=true'.")
+                              "',max_pool=taps,optim.flatten=true'.")
 _PRESET = flags.DEFINE_string("preset", "gpu", "Benchmark preset giving the shapes (gpu: ResNet-50, 224 px, bf16).")
 _TARGET = flags.DEFINE_enum("target", "h100", ["h100", "local"], "h100: compile for the GPU of --target_config "
                             "without one; local: for this machine's devices.")
@@ -72,7 +72,10 @@ def compile_variant(name: str, settings, batch: int, variant: str, mesh):
   prepared = prepare_step(name, settings, total_batch=batch, num_devices=1, variant=variant)
   replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(sharding.DATA_AXIS))
   state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), prepared.state)
-  step = compile_train_step(mesh, state=state, **prepared.stage.step_options)
+  # train.o_major_kernels='auto' was resolved for this machine's mesh; the target's platform decides it.
+  options = dict(prepared.stage.step_options,
+                 o_major_kernels=sharding.o_major_kernels_on(prepared.config.train.o_major_kernels, mesh))
+  step = compile_train_step(mesh, state=state, **options)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=split) for k, v in prepared.batch.items()}
   return step.lower(state, batch_shapes).compile().as_text()
 

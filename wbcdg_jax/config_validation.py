@@ -35,6 +35,8 @@ from wbcdg_jax.algorithms import ALGORITHMS, MULTI_DOMAIN_TERMS
 from wbcdg_jax.augment import AugmentOptions
 from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
 from wbcdg_jax.models import BN_MODES, HEAD_KINDS, MAX_POOLS, STAGE_SIZES
+from wbcdg_jax.sharding import O_MAJOR_KERNELS
+from wbcdg_jax.xla_options import GPU_COMMAND_BUFFERS
 
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adamw")
@@ -50,6 +52,8 @@ CHOICES: dict[str, tuple] = {
     "model.head": HEAD_KINDS,
     "optim.name": OPTIMIZERS,
     "train.on_nonfinite": ("stop", "skip"),
+    "train.o_major_kernels": O_MAJOR_KERNELS,
+    "train.gpu_command_buffers": tuple(GPU_COMMAND_BUFFERS),
     "dann.schedule": ("ganin", "constant"),
     "boda.metric": ("euclidean", "mahalanobis"),
     "boda.covariance": ("diag", "full"),

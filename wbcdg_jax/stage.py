@@ -131,8 +131,9 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
         z, y, d, mask, num_domains=num_domains, num_classes=NUM_CLASSES, covariance=covariance))
   state = create_train_state(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
                              pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
-  o_major_kernels = bool(config.train.o_major_kernels)
+  o_major_kernels = sharding.o_major_kernels_on(config.train.o_major_kernels, mesh)
   cpu_ynn_convolutions = bool(config.train.cpu_ynn_convolutions)
+  gpu_command_buffers = str(config.train.gpu_command_buffers)
   state_sharding = sharding.state_shardings(state, mesh, o_major_kernels=o_major_kernels)
   state = jax.device_put(state, state_sharding)
   options = augment.AugmentOptions.from_dict(config.augment.to_dict())
@@ -141,9 +142,9 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
                       bn_train=config.model.bn_mode == "train" and not spec.head_only,
                       check_updated_params=bool(config.train.check_updated_params),
                       donate_state=bool(config.train.donate_state), o_major_kernels=o_major_kernels,
-                      cpu_ynn_convolutions=cpu_ynn_convolutions)
+                      cpu_ynn_convolutions=cpu_ynn_convolutions, gpu_command_buffers=gpu_command_buffers)
   step_fn = compile_train_step(mesh, state=state, **step_options)
   eval_fn = compile_eval(mesh, model=model, image_size=int(config.model.image_size),
-                         cpu_ynn_convolutions=cpu_ynn_convolutions)
+                         cpu_ynn_convolutions=cpu_ynn_convolutions, gpu_command_buffers=gpu_command_buffers)
   return Stage(model=model, spec=spec, state=state, train_step=step_fn, eval_fn=eval_fn, moments_fn=moments_fn,
                tx=tx, disc=disc, step_options=step_options, state_sharding=state_sharding)

@@ -197,13 +197,15 @@ def _keep_or_drop(state: TrainState, finite: jax.Array, **new) -> TrainState:
 
 
 def compile_train_step(mesh: jax.sharding.Mesh, *, donate_state: bool = True, o_major_kernels: bool = False,
-                       cpu_ynn_convolutions: bool = False, state: Any = None, **static_kwargs):
+                       cpu_ynn_convolutions: bool = False, gpu_command_buffers: str = "xla", state: Any = None,
+                       **static_kwargs):
   """jit-compiles `train_step` with the batch split over the mesh and the state replicated (and donated: updated
   in place, the caller's old state deleted, when `donate_state`).
 
   With `o_major_kernels` the convolution kernels stay output-channel-major in device memory between steps
   (`sharding.state_shardings`); `state` (arrays or shapes) then gives the state's structure. On a CPU mesh the
-  convolutions are XLA's own unless `cpu_ynn_convolutions` (`xla_options.compiler_options`).
+  convolutions are XLA's own unless `cpu_ynn_convolutions`; on a GPU `gpu_command_buffers` picks what XLA puts
+  in CUDA graphs (`xla_options.compiler_options`).
   """
   if o_major_kernels and state is None:
     raise ValueError("compile_train_step: o_major_kernels=True needs `state` (its structure names the kernels)")
@@ -212,7 +214,8 @@ def compile_train_step(mesh: jax.sharding.Mesh, *, donate_state: bool = True, o_
   return jax.jit(step, in_shardings=(state_sharding, batch_sharded(mesh)),
                  out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,) if donate_state else (),
                  compiler_options=xla_options.compiler_options(xla_options.platform_of(mesh),
-                                                               cpu_ynn_convolutions=cpu_ynn_convolutions))
+                                                               cpu_ynn_convolutions=cpu_ynn_convolutions,
+                                                               gpu_command_buffers=gpu_command_buffers))
 
 
 def eval_outputs(params: Any, batch_stats: Any, images: jax.Array, *, model: nn.Module,
@@ -222,10 +225,12 @@ def eval_outputs(params: Any, batch_stats: Any, images: jax.Array, *, model: nn.
   return model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
 
 
-def compile_eval(mesh: jax.sharding.Mesh, *, model: nn.Module, image_size: int, cpu_ynn_convolutions: bool = False):
+def compile_eval(mesh: jax.sharding.Mesh, *, model: nn.Module, image_size: int, cpu_ynn_convolutions: bool = False,
+                 gpu_command_buffers: str = "xla"):
   """jit-compiled `eval_outputs`: params replicated, images split over the mesh, outputs split likewise."""
   fn = functools.partial(eval_outputs, model=model, image_size=image_size)
   return jax.jit(fn, in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(batch_sharded(mesh), batch_sharded(mesh)),
                  compiler_options=xla_options.compiler_options(xla_options.platform_of(mesh),
-                                                               cpu_ynn_convolutions=cpu_ynn_convolutions))
+                                                               cpu_ynn_convolutions=cpu_ynn_convolutions,
+                                                               gpu_command_buffers=gpu_command_buffers))

@@ -154,15 +154,26 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   mesh = sharding.make_mesh()
   counts = count_pairs(data.train_labels(), NUM_CLASSES)
   st = build_stage(config, mesh=mesh, counts=counts, stage=stage, stage1_dir=stage1_dir)
-  state, spec = st.state, st.spec
   steps = int(config.train.steps if stage == 1 else config.decoupled.steps)
   per_domain = int(config.data.per_domain_batch)
   sharding.check_global_batch(int(config.data.eval_batch), mesh, "config.data.eval_batch")
 
-  train_iter = pipeline.make_train_iterator(
+  host_batches = pipeline.make_train_dataset(
       data.sources, data.train_idx, per_domain_batch=per_domain, seed=int(config.seed),
-      sampling="class_balanced" if spec.head_only else "uniform", num_workers=int(config.data.num_workers),
+      sampling="class_balanced" if st.spec.head_only else "uniform", num_workers=int(config.data.num_workers),
       process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = iter(sharding.device_batches(host_batches, mesh, prefetch=int(config.data.prefetch)))
+  try:
+    return _train_loop(config, workdir, data, st, train_iter, mesh=mesh, steps=steps, stage=stage)
+  finally:
+    train_iter.close()  # stops the prefetch thread and grain's worker processes
+
+
+def _train_loop(config: ml_collections.ConfigDict, workdir: str, data: ExperimentData, st, train_iter, *,
+                mesh: jax.sharding.Mesh, steps: int, stage: int) -> dict:
+  """`run_stage`'s loop: `steps` steps on `train_iter`'s device batches, then the selected model's scores."""
+  state, spec = st.state, st.spec
+  per_domain = int(config.data.per_domain_batch)
   ckpts = checkpoint.StateCheckpoints(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints))
   best = checkpoint.BestModel(os.path.join(workdir, "best"))
   start = ckpts.latest_step()
@@ -180,7 +191,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   for step in range(start, steps):
     if spec.boda_weight and boda_refresh_due(step, config):
       state = refresh_boda(state, eval_fn, moments_fn, data, config=config, mesh=mesh)
-    batch = sharding.shard_batch(next(train_iter), mesh)
+    batch = next(train_iter)
     state, step_metrics = step_fn(state, batch)
     pending.append((step, step_metrics))
     done = step + 1

@@ -8,16 +8,15 @@
 # PART (one H100; session 7, 2026-11-27: 17 steps compiled 8 at a time took 262 s, 140-165 s each in the first
 # round, all autotuning the same convolutions one at a time, and 25-35 s each after it; the gpu preset now compiles
 # ERM's step at each batch first (--compile_seeds); with the compilation cache of an earlier call, ~11 s):
-#   full   everything in one process: every algorithm, PyTorch eager and torch.compile (default and
-#          reduce-overhead modes), the variants, the input pipeline and full loop (12 grain workers), the BoDA
-#          refresh, scaling, profiles of BoDA at 64 and 256; then, in the time left of a 10-minute call, the GPU
-#          test subset. Session 7's full (563 s) stopped in the pipeline section, after the refresh (since then:
-#          the pipeline first, 4 GPU variants, not 7, the seeded compiles, one more PyTorch child)     (~8-9 min)
+#   full   one process: every algorithm, PyTorch eager and torch.compile (default and reduce-overhead modes),
+#          the variants, profiles of BoDA at 64 and 256 (FULL_SECTIONS=all adds the pipeline, refresh and scaling,
+#          which do not fit: session 13's full, all sections, stopped at 574 s building the pipeline's data); then,
+#          in the time left of a 10-minute call, the GPU test subset                                  (~8-9 min)
 #   steps  every algorithm's step at batch 64, and the profile                                       (~2-4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~5-7 min)
 #   rest   input pipeline, BoDA refresh, scaling, the GPU test subset                                 (~3-4 min)
 # A session has 15 device minutes, machine start included (~30 s): `full`, then `rest` on the still-warm machine
-# if 4+ minutes are left, then give the machine back.
+# (session 13: 172 s with the compilation cache of `full`), then give the machine back.
 # dry run here: PYTHON=/path/to/venv/bin/python WHEELS=0 BENCH_ARGS=--smoke OUT=/tmp/dry bash ... PART
 # then, here: python launch/benchmark.py --merge=<the parts' JSON files> --json=... gives one table and the targets.
 #
@@ -79,8 +78,10 @@ gpu_tests() {  # gpu_tests SECONDS: the models, train steps and the augmentation
 case "$PART" in
   full)
     rm -rf /tmp/wbcdg_profile
-    LIMIT=${FULL_LIMIT:-550} bench full --num_workers="${NUM_WORKERS:-12}" --torch_timeout_s="${TORCH_LIMIT:-200}" \
-      --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
+    sections=${FULL_SECTIONS:-steps,torch,variants}
+    [ "$sections" = all ] && sections=steps,torch,variants,refresh,pipeline,scaling
+    LIMIT=${FULL_LIMIT:-550} bench full --sections="$sections" --num_workers="${NUM_WORKERS:-12}" \
+      --torch_timeout_s="${TORCH_LIMIT:-200}" --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
     profile_files
     left=$(( ${CALL_LIMIT:-585} - SECONDS ))
     if [ "$left" -gt 45 ]; then gpu_tests "$left"; fi ;;

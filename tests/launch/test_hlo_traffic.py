@@ -83,16 +83,16 @@ def test_step_hlo_launcher_on_this_machine(tmp_path):
   and a variant, their traffic by part, and the HLO written."""
   out = tmp_path / "hlo.json"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "step_hlo.py"), "--target=local",
-                         "--preset=smoke", "--algorithm=erm", "--batch=4", "--variants=,max_pool=index",
+                         "--preset=smoke", "--algorithm=erm", "--batch=4", "--variants=,max_pool=taps",
                          f"--hlo_dir={tmp_path}", f"--json={out}", "--top=3"],
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600,
                         cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "| default | " in proc.stdout and "| max_pool=index | " in proc.stdout
+  assert "| default | " in proc.stdout and "| max_pool=taps | " in proc.stdout
   assert "default: the 3 kernels that move the most" in proc.stdout
-  assert (tmp_path / "erm_4_max_pool=index.hlo.txt").read_text().startswith("HloModule")
+  assert (tmp_path / "erm_4_max_pool=taps.hlo.txt").read_text().startswith("HloModule")
   summaries = json.loads(out.read_text())["summaries"]
-  assert set(summaries) == {"default", "max_pool=index"}
+  assert set(summaries) == {"default", "max_pool=taps"}
   parts = summaries["default"]["by_part"]
   assert {"model forward", "model backward", "augment"} <= set(parts)
   assert all(p["bytes"] >= 0 for p in parts.values()) and summaries["default"]["bytes"] > 0

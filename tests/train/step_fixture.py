@@ -59,7 +59,7 @@ def run_steps(module: str, num_steps: int = 2, mesh=None, o_major_kernels: bool 
   import jax
 
   config = tiny_config(module)
-  config.train.o_major_kernels = o_major_kernels
+  config.train.o_major_kernels = str(o_major_kernels).lower()
   mesh = mesh or sharding.make_mesh()
   counts = tiny_counts()
   stage = build_stage(config, mesh=mesh, counts=counts)

@@ -99,7 +99,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, o_maj
   # o_major_kernels: the state's convolution kernels placed in a non-default device layout over both processes.
   address = f"localhost:{_free_port()}"
   multi, single = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
-  layout = f"--config.train.o_major_kernels={o_major_kernels}"
+  layout = f"--config.train.o_major_kernels={str(o_major_kernels).lower()}"
   commands = [_train_command(multi, tmp_path / "data_two", f"--coordinator_address={address}", "--num_processes=2",
                              f"--process_id={i}", layout) for i in range(2)]
   commands.append(_train_command(single, tmp_path / "data_one", layout))  # the reference, run alongside

@@ -284,7 +284,7 @@ def test_o_major_kernels_keep_their_layout_and_give_the_same_steps():
   mesh = sharding.make_mesh()
   results = {}
   for o_major in (False, True):
-    config, stage = _stage_with("dann", mesh, {"train.o_major_kernels": o_major})
+    config, stage = _stage_with("dann", mesh, {"train.o_major_kernels": str(o_major).lower()})
     layouts = _layouts((stage.state.params, stage.state.opt_state, stage.state.disc_params))
     o_major_paths = {p for p, order in layouts.items() if order == (3, 0, 1, 2)}
     if o_major:
@@ -319,7 +319,7 @@ def test_o_major_state_checkpoints_round_trip(tmp_path):
   from wbcdg_jax import checkpoint  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh()
-  config, stage = _stage_with("erm", mesh, {"train.o_major_kernels": True})
+  config, stage = _stage_with("erm", mesh, {"train.o_major_kernels": "true"})
   state, _ = stage.train_step(stage.state, sharding.shard_batch(tiny_batch(config), mesh))
   expected = jax.device_get(state)
   ckpts = checkpoint.StateCheckpoints(str(tmp_path / "ckpt"))

@@ -208,7 +208,7 @@ def test_run_with_o_major_kernels_resumes_from_a_checkpoint(data_dir, tmp_path):
   # The state's convolution kernels live output-channel-major on the device (train.o_major_kernels); a resumed
   # run restores the checkpoint into that layout and ends where the uninterrupted run did.
   config = _config(erm, data_dir)
-  config.train.o_major_kernels = True
+  config.train.o_major_kernels = "true"
   config.train.keep_checkpoints = 3
   workdir = str(tmp_path / "o_major")
   result = trainer.train_and_evaluate(config, workdir)

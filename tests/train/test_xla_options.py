@@ -70,3 +70,16 @@ def test_cpu_train_step_and_eval_compile_with_the_options(monkeypatch):
   eval_hlo = stage.eval_fn.lower(stage.state.params, stage.state.batch_stats, batch["image"]).compile().as_text()
   assert " convolution(" in step_hlo and " convolution(" in eval_hlo
   assert _ynn_convolutions(step_hlo) == 0 and _ynn_convolutions(eval_hlo) == 0
+
+
+def test_gpu_command_buffer_types(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert xla_options.compiler_options("gpu", gpu_command_buffers="xla") is None
+  types = xla_options.compiler_options("gpu", gpu_command_buffers="all")[xla_options.COMMAND_BUFFER_OPTION]
+  assert {"CONVOLUTION", "CUBLASLT", "FUSION"} <= set(types.split(","))  # this XLA accepted them (_accepted)
+  assert xla_options.compiler_options("tpu", gpu_command_buffers="all") is None
+  assert xla_options.YNN_OPTION in xla_options.compiler_options("cpu", gpu_command_buffers="all")
+  with pytest.raises(ValueError, match=r"config.train.gpu_command_buffers='some'"):
+    xla_options.compiler_options("gpu", gpu_command_buffers="some")
+  monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.COMMAND_BUFFER_OPTION}=FUSION")  # the user's own choice wins
+  assert xla_options.compiler_options("gpu", gpu_command_buffers="all") is None

@@ -4,7 +4,9 @@ Pipeline rows, at one total batch:
   host read        grain reading batches (make_train_iterator, as the trainer calls it) into host memory;
   read + augment   the same, copied to the devices and augmented there (augment_batch, as in the step);
   step on device   the train step on a batch already on the devices (the upper bound the loop can reach);
-  full loop        the trainer's loop body: next(iterator) -> shard_batch -> step.
+  full loop        the trainer's loop: device batches from `sharding.device_batches` (read and placed ahead by a
+                   thread, config.data.prefetch of them) -> step; and the same with the batches read and placed
+                   by the loop's own thread (data.prefetch=0), as the trainer did before session 13.
 Refresh rows: the eval-mode forward on a device batch (the refresh's compute), and `trainer.refresh_boda` itself
 (grain eval batches -> features -> per-pair moments -> new statistics) over every source training split.
 """
@@ -33,11 +35,17 @@ def experiment_data(built: BuiltStep, data_dir: str) -> ExperimentData:
   return load_experiment_data(config)
 
 
-def _train_iterator(built: BuiltStep, data: ExperimentData, settings: Settings):
-  return pipeline.make_train_iterator(
+def _host_batches(built: BuiltStep, data: ExperimentData, settings: Settings):
+  return pipeline.make_train_dataset(
       data.sources, data.train_idx, per_domain_batch=int(built.config.data.per_domain_batch), seed=settings.seed,
       num_workers=settings.num_workers, num_threads=settings.num_threads, prefetch=settings.prefetch,
       process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _device_batches(built: BuiltStep, data: ExperimentData, settings: Settings, prefetch: int | None = None):
+  """The trainer's iterator: host batches placed on the mesh, `config.data.prefetch` of them ahead by a thread."""
+  prefetch = int(built.config.data.prefetch) if prefetch is None else prefetch
+  return iter(sharding.device_batches(_host_batches(built, data, settings), built.mesh, prefetch=prefetch))
 
 
 def _close(iterator) -> None:
@@ -52,12 +60,12 @@ def _row(name: str, built: BuiltStep, images: int, seconds: float, **extra) -> d
 
 
 def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) -> list[dict[str, Any]]:
-  """The four pipeline rows for `built`'s algorithm and total batch (ratios against the on-device step)."""
+  """The pipeline rows for `built`'s algorithm and total batch (ratios against the on-device step)."""
   n = int(settings.pipeline_steps)
   batch = built.total_batch
   rows = []
 
-  it = _train_iterator(built, data, settings)
+  it = iter(_host_batches(built, data, settings))
   t0 = time.perf_counter()
   next(it)  # starts the reading threads / workers
   start_s = time.perf_counter() - t0
@@ -67,16 +75,19 @@ def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) ->
   rows.append(_row("host read (grain, array_record)", built, n * batch, time.perf_counter() - t0,
                    first_call_s=start_s))
 
+  _close(it)
+
+  it = _device_batches(built, data, settings)
   options = augment.AugmentOptions.from_dict(built.config.augment.to_dict())
   key = jax.random.key(settings.seed)
   out_size = int(built.config.model.image_size)
-  augment_fn = augment.augment_batch.lower(sharding.shard_batch(next(it), built.mesh)["image"], key,
-                                           out_size=out_size, options=options).compile(compiler_options(settings))
+  augment_fn = augment.augment_batch.lower(next(it)["image"], key, out_size=out_size,
+                                           options=options).compile(compiler_options(settings))
 
   def read_and_augment(steps):
     out = None
     for _ in range(steps):
-      out = augment_fn(sharding.shard_batch(next(it), built.mesh)["image"], key)
+      out = augment_fn(next(it)["image"], key)
     return out
 
   timing = timed_windows(read_and_augment, warmup=1, steps=n, repeats=1)
@@ -88,11 +99,17 @@ def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) ->
   on_device["name"] = "step on device data"
   rows.append(on_device)
 
-  it = _train_iterator(built, data, settings)
-  loop = time_step(built, settings, steps=n, batches=it)
-  _close(it)
-  loop["name"] = "full loop (pipeline -> step)"
-  rows.append(loop)
+  prefetch = int(built.config.data.prefetch)
+  for name, depth in (("full loop (pipeline -> step)", prefetch), ("full loop, batches placed inline", 0)):
+    if name.endswith("inline") and not prefetch:
+      continue  # the row above was this one
+    it = _device_batches(built, data, settings, prefetch=depth)
+    loop = time_step(built, settings, steps=n, batches=it)
+    _close(it)
+    loop["name"] = name
+    loop["note"] = (f"data.prefetch={depth}: " + ("read and placed ahead by a thread" if depth else
+                                                  "read and placed by the loop's thread"))
+    rows.append(loop)
   for row in rows:
     row["ratio"] = row["images_per_s"] / on_device["images_per_s"]
     row["ratio_to"] = "step on device"

@@ -102,7 +102,7 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
       if key.startswith("boda / torch.compile"):
         out[f"BoDA{key[len('boda'):]} at batch {batch}"] = _target(ratio, BODA_VS_TORCH_COMPILE)
   for row in sections.get("pipeline", {}).get("rows", []):
-    if row["name"].startswith("full loop"):
+    if row["name"] == "full loop (pipeline -> step)":  # the trainer's loop (the inline row is for comparison)
       out[f"full loop / step on device at batch {row['batch']}"] = _target(row["ratio"], LOOP_VS_STEP)
   scaling = [r for r in sections.get("scaling", {}).get("rows", []) if r.get("devices", 1) > 1]
   if scaling:

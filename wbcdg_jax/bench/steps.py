@@ -107,10 +107,11 @@ class BuiltStep:
     return int(self.mesh.devices.size)
 
   def run(self, num_steps: int, batches=None):
-    """Applies `num_steps` steps (on `next(batches)` if given, else the device batch); returns the last metrics."""
+    """Applies `num_steps` steps (on `next(batches)`, device batches as `sharding.device_batches` gives them, if
+    given, else on the device batch); returns the last metrics."""
     state, metrics = self.state, None
     for _ in range(num_steps):
-      batch = self.batch if batches is None else sharding.shard_batch(next(batches), self.mesh)
+      batch = self.batch if batches is None else next(batches)
       state, metrics = self.step(state, batch)
     self.state = state
     return metrics
@@ -194,7 +195,8 @@ def time_steps(builts: list[BuiltStep], settings: Settings, *, steps: int | None
   Args:
     builts: compiled steps.
     steps: timed steps per window (default settings.steps).
-    batches: a host-batch iterator feeding the (single) step as the trainer does, instead of its device batch.
+    batches: an iterator of device batches (`sharding.device_batches`) feeding the (single) step as the trainer
+      does, instead of its device batch.
 
   Returns:
     rows with images_per_s and step_ms from the median window, best_step_ms, compile_s, first_call_s, the last
@@ -202,7 +204,7 @@ def time_steps(builts: list[BuiltStep], settings: Settings, *, steps: int | None
   """
   steps = int(steps or settings.steps)
   if batches is not None and len(builts) != 1:
-    raise ValueError("time_steps: a host iterator can feed only one step")
+    raise ValueError("time_steps: a batch iterator can feed only one step")
 
   def run(built, n):
     metrics = built.run(n, batches)
