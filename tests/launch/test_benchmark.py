@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.child_env import cpu_env
-from wbcdg_jax.bench import report, runner, settings as settings_lib
+from wbcdg_jax.bench import inputs, report, runner, settings as settings_lib
 from wbcdg_jax.bench.steps import StepCache, algorithm_config, seed_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -322,3 +322,11 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   assert [(r["devices"], r["batch"]) for r in scaling] == [(1, 4), (2, 8)]
   assert scaling[0]["ratio"] == pytest.approx(1.0) and _positive(scaling[1]["ratio"])
   report.check_numbers(result)
+
+
+def test_pipeline_rows_start_timing_once_every_worker_made_a_batch():
+  started = inputs._started  # pylint: disable=protected-access
+  for workers, taken in ((0, 1), (1, 1), (12, 12)):
+    it = iter(range(100))
+    same, seconds = started(it, settings_lib.make_settings("smoke", num_workers=workers))
+    assert same is it and next(it) == taken and seconds >= 0
