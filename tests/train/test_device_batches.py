@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 
 from data_pipelines import pipeline
+from tests.memory_domain import MemoryDomain
 from wbcdg_jax import checkpoint, sharding
 
 
-class _Domain:
-  """An in-memory domain (a list source) of n 8x8 images."""
-  image_size = 8
-
-  def __init__(self, name, n, seed):
-    rng = np.random.default_rng(seed)
-    self.name = name
-    self.labels = rng.integers(0, 3, n).astype(np.int64)
-    self.source = [{"image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": l} for l in self.labels]
-
-
-DOMAINS = [_Domain("a", 20, 1), _Domain("b", 12, 2)]
+DOMAINS = [MemoryDomain("a", 20, 1), MemoryDomain("b", 12, 2)]
 
 
 def _host_batches():
@@ -89,7 +79,7 @@ def test_orbax_checkpoint_of_the_prefetching_iterator_resumes_exactly(tmp_path):
 
 
 def test_a_read_error_reaches_the_loop_and_close_stops_the_thread():
-  class _Broken(_Domain):
+  class _Broken(MemoryDomain):
     def __init__(self):
       super().__init__("broken", 12, 4)
       self.source[5] = {"image": np.zeros((4, 4, 3), np.uint8), "label": 0}  # wrong size

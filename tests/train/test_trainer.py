@@ -9,6 +9,7 @@ import pytest
 
 from configs import boda_decoupled, erm
 from data_pipelines import pipeline
+from tests.memory_domain import MemoryDomain
 from tests.train.step_fixture import tiny_config, tiny_counts
 from wbcdg_jax import checkpoint, sharding, trainer
 from wbcdg_jax.stage import build_stage
@@ -70,15 +71,7 @@ def test_state_and_iterator_checkpoint_round_trip(data_dir, tmp_path):
   boda = stage.state.boda.replace(means=rng.normal(size=stage.state.boda.means.shape).astype(np.float32))
   state = sharding.replicate(stage.state.replace(boda=boda, step=np.int32(7)), mesh)
 
-  class _Domain:
-    name = "mem"
-    image_size = 8
-    def __init__(self, n, seed):
-      r = np.random.default_rng(seed)
-      self.labels = r.integers(0, 3, n).astype(np.int64)
-      self.source = [{"image": r.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": l} for l in self.labels]
-
-  domains = [_Domain(20, 1), _Domain(12, 2)]
+  domains = [MemoryDomain("mem", 20, 1), MemoryDomain("mem", 12, 2)]
   make = lambda: pipeline.make_train_iterator(domains, [np.arange(20), np.arange(12)], per_domain_batch=4, seed=3)
   it = make()
   for _ in range(5):
@@ -119,19 +112,6 @@ def test_boda_refresh_schedule():
   assert due == [480, 600, 720]
 
 
-class _MemoryDomain:
-  """An in-memory domain with the DomainData fields the pipeline reads."""
-
-  image_size = 32
-
-  def __init__(self, name, n, seed):
-    r = np.random.default_rng(seed)
-    self.name = name
-    self.labels = r.integers(0, 4, n).astype(np.int64)
-    self.paths = np.asarray([f"{name}/{i}" for i in range(n)])
-    self.source = [{"image": r.integers(0, 255, (32, 32, 3), dtype=np.uint8), "label": l} for l in self.labels]
-
-
 @pytest.mark.parametrize("module", ["boda", "boda_mahalanobis"])
 def test_boda_refresh_matches_direct_statistics(module):
   from wbcdg_jax.experiment import ExperimentData
@@ -140,7 +120,7 @@ def test_boda_refresh_matches_direct_statistics(module):
   config = tiny_config(module)
   config.data.eval_batch = 8
   mesh = sharding.make_mesh()
-  domains = [_MemoryDomain("a", 13, 1), _MemoryDomain("b", 9, 2)]
+  domains = [MemoryDomain(name, n, seed, image_size=32, num_classes=4) for name, n, seed in (("a", 13, 1), ("b", 9, 2))]
   train_idx = [np.arange(0, 13, 1), np.arange(1, 9)]
   data = ExperimentData(domains, train_idx, train_idx, None, np.zeros((0,), np.int64))
   counts = count_pairs(data.train_labels(), 13)
