@@ -33,8 +33,9 @@ YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # convolutions. (Without REDUCE too, the quick preset's ERM step ran at 0.64x: XLA's own reductions were slower.)
 YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 COMMAND_BUFFER_OPTION = "xla_gpu_enable_command_buffer"
-# config.train.gpu_command_buffers -> the option's value (None: XLA's default list). 'all': every command type of
-# XLA's (JAX 0.10-0.11) that the train step uses; it has no loops, conditionals or (on one GPU) collectives.
+# config.train.gpu_command_buffers -> the option's value (None: XLA's default list). 'all': the command types (as
+# JAX 0.10.2's XLA names them; `_accepted` checks them against the XLA at hand) of the work the train step does; it
+# has no loops, conditionals or (on one GPU) collectives.
 GPU_COMMAND_BUFFERS = {
     "xla": None,
     "all": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION,DYNAMIC_SLICE_FUSION",
