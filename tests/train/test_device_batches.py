@@ -66,8 +66,8 @@ def test_orbax_checkpoint_of_the_prefetching_iterator_resumes_exactly(tmp_path):
     next(it)
   ckpts = checkpoint.StateCheckpoints(str(tmp_path / "ckpt"), keep=2)
   ckpts.save(5, state, it)
+  expected = [jax.device_get(next(it)) for _ in range(3)]  # before the save finishes: it must hold position 5
   ckpts.wait()
-  expected = [jax.device_get(next(it)) for _ in range(3)]
   it2 = iter(sharding.device_batches(_host_batches(), mesh, prefetch=3))
   next(it2)
   ckpts.restore(5, state, it2)
