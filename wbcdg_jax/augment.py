@@ -120,9 +120,9 @@ class AugmentOptions:
 # and 14 draws of one number each), every threefry was its own computation: on a CPU a while loop (JAX rolls them
 # there), 19 of them and 170 fusions where one loop and 34 remain, and the augmentation of 32 images compiled in
 # 3.8 s instead of 2.0 s (2 cores); compiled for an H100, the BoDA step at batch 64 ran 857 kernels, now 848.
-(_AREA, _RATIO, _CENTRE_Y, _CENTRE_X, _FLIP_Y, _FLIP_X, _ROTATION, _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE,
- _GRAYSCALE, _BLUR, _BLUR_SIGMA) = range(14)
 NUM_DRAWS = 14
+(_AREA, _RATIO, _CENTRE_Y, _CENTRE_X, _FLIP_Y, _FLIP_X, _ROTATION, _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE,
+ _GRAYSCALE, _BLUR, _BLUR_SIGMA) = range(NUM_DRAWS)
 
 
 def draws(key: jax.Array, batch: int) -> jax.Array:
@@ -352,11 +352,11 @@ def _augment_one(img: jax.Array, u: jax.Array, out_size: int, opt: AugmentOption
   return img
 
 
-def _augment_images(x: jax.Array, draws: jax.Array, out_size: int, opt: AugmentOptions,
+def _augment_images(x: jax.Array, u: jax.Array, out_size: int, opt: AugmentOptions,
                     separate_planes: bool) -> jax.Array:
-  """float32 [B,H,W,3] in [0,1], draws [B, NUM_DRAWS] -> [B,out,out,3], computed per image (row i of the draws for
-  image i) in either layout."""
-  y = jax.vmap(_augment_one, in_axes=(0, 0, None, None, None))(x, draws, out_size, opt, separate_planes)
+  """float32 [B,H,W,3] in [0,1], draws u [B, NUM_DRAWS] -> [B,out,out,3], computed per image (row i of u for image
+  i) in either layout."""
+  y = jax.vmap(_augment_one, in_axes=(0, 0, None, None, None))(x, u, out_size, opt, separate_planes)
   return jnp.moveaxis(y, 2 if separate_planes else 1, -1)
 
 
