@@ -110,9 +110,10 @@ def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) ->
   rows.append(on_device)
 
   prefetch = int(built.config.data.prefetch)
-  for name, depth in (("full loop (pipeline -> step)", prefetch), ("full loop, batches placed inline", 0)):
-    if name.endswith("inline") and not prefetch:
-      continue  # the row above was this one
+  loops = [("full loop (pipeline -> step)", prefetch)]
+  if prefetch:  # the trainer's loop reads ahead on a thread: also time it without
+    loops.append(("full loop, batches placed inline", 0))
+  for name, depth in loops:
     it, _ = _started(_device_batches(built, data, settings, prefetch=depth), settings)
     loop = time_step(built, settings, steps=n, batches=it)
     _close(it)
