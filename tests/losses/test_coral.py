@@ -64,6 +64,32 @@ def test_small_and_absent_domains_are_skipped():
   assert float(coral(z, dom, num_domains=3, mask=np.zeros(20, bool))) == 0.0
 
 
+def test_wide_features_match_float64_value_and_gradient():
+  # D >> B, as for ResNet-50 features (2048 wide, 32 rows a domain): the [B, B] Gram form against the covariance
+  # formula in float64, value and gradient, on non-negative features with a shared offset (post-ReLU pooling).
+  rng = np.random.default_rng(7)
+  dom = np.repeat(np.arange(3), 8).astype(np.int32)
+  z = (np.maximum(rng.normal(1.0, 1.0, size=(24, 300)), 0.0) * (1 + 0.1 * dom[:, None])).astype(np.float32)
+  mask = np.ones(24, bool)
+  mask[[3, 20]] = False
+  value, grad = jax.value_and_grad(lambda x: coral(x, dom, num_domains=3, mask=mask))(z)
+  np.testing.assert_allclose(value, coral_reference(z, dom, 3, mask), rtol=1e-5)
+
+  def covariance_form(x):  # the [K, D, D] formula of the docstring, differentiated in float64
+    total = 0.0
+    groups = [x[np.flatnonzero(mask & (dom == k))] for k in range(3)]
+    covs = [jnp.cov(g, rowvar=False) for g in groups]
+    for a in range(3):
+      for b in range(a + 1, 3):
+        total = total + jnp.mean((groups[a].mean(0) - groups[b].mean(0))**2) + jnp.mean((covs[a] - covs[b])**2)
+    return total / 3
+
+  with jax.enable_x64(True):
+    expected = jax.grad(covariance_form)(np.asarray(z, np.float64))
+  np.testing.assert_allclose(grad, expected, rtol=2e-4, atol=1e-7 * np.abs(expected).max())
+  assert not np.any(np.asarray(grad)[~mask])
+
+
 def test_identical_domains_give_zero():
   z, _, _ = make(3, batch=10)
   zz = np.concatenate([z, z])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from wbcdg_jax.losses.ce import loss_dtype
-from wbcdg_jax.losses.coral import domain_weights, pair_average
+from wbcdg_jax.losses.coral import block_sums, domain_weights, pair_average
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 DOMAINBED_GAMMAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
@@ -66,8 +66,7 @@ def mmd_penalty(z: jax.Array, domains: jax.Array, *, num_domains: int, mask: jax
   z = jnp.where(jnp.any(weights > 0, axis=0)[:, None], z, 0.0)
   kernel = gaussian_kernel_matrix(z, gammas)
   # block[a, b] = mean of the kernel over rows of domain a x rows of domain b.
-  block = jnp.einsum("ai,ij,bj->ab", weights, kernel, weights, precision=_HIGHEST)
-  block = block / jnp.maximum(count[:, None] * count[None, :], 1.0)
+  block = block_sums(weights, kernel) / jnp.maximum(count[:, None] * count[None, :], 1.0)
 
   def per_pair(a, b):
     return block[a, a] + block[b, b] - 2.0 * block[a, b]
