@@ -120,6 +120,37 @@ def test_folded_frozen_batchnorm_is_the_same_function(depth):
   assert not np.allclose(z_init, z_folded, atol=1e-3)
 
 
+def _reductions(jaxpr):
+  """(input dtype, input shape) of every reduce_sum in a jaxpr, nested ones included."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "reduce_sum":
+      out.append((eqn.invars[0].aval.dtype, eqn.invars[0].aval.shape))
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", None)
+      if inner is not None:
+        out += _reductions(getattr(inner, "jaxpr", inner))
+  return out
+
+
+def test_bfloat16_bias_gradients_are_summed_in_float32():
+  # The folded batch norm's shift gradient sums the output gradient over batch and pixels (10^5-10^6 terms a
+  # channel at 224 px): in bfloat16 those sums would round to 8 bits as they add up (XLA:GPU accumulates in the
+  # operand's type). None of the gradient's reductions over activations may take a bfloat16 operand.
+  model = Classifier(num_classes=13, depth=10, head="linear", dtype=jnp.bfloat16)
+  x = jnp.zeros((2, 96, 96, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def loss(params, rest):
+    return jnp.sum(model.apply({**rest, "params": params}, x)[1].astype(jnp.float32))
+
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  sums = _reductions(jax.make_jaxpr(jax.grad(loss))(variables["params"], rest).jaxpr)
+  over_activations = [(dtype, shape) for dtype, shape in sums if len(shape) == 4 and shape[0] == 2]
+  assert len(over_activations) >= 12, sums  # one per convolution's shift, at least
+  assert all(dtype == jnp.float32 for dtype, _ in over_activations), over_activations
+
+
 @pytest.mark.parametrize("size,kernel,strides,padding", [
     (2, 3, 1, 1), (4, 3, 2, 1), (3, 3, 2, 1), (1, 3, 1, 1), (5, 3, 2, 1), (2, 7, 2, 3), (8, 3, 1, 1), (4, 1, 2, 0)])
 def test_conv2d_matches_lax_convolution(size, kernel, strides, padding):

@@ -206,7 +206,12 @@ class _ConvNorm:
       return nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9, epsilon=1e-5,
                           dtype=self.dtype, param_dtype=jnp.float32, name=bn_name)(conv(x))
     multiplier, shift = _FrozenNormAffine(features, name=bn_name)()
-    return conv(x, multiplier) + shift.astype(self.dtype)
+    y = conv(x, multiplier)
+    # Broadcast in float32, then cast: the gradient of `shift` is then the transpose, a float32 sum over batch and
+    # pixels of the (bfloat16) output gradient. Cast first, it would be a bfloat16 sum (XLA:GPU accumulates a
+    # reduction in its operand's type), ~10^5-10^6 terms a channel rounded to 8 bits as they add up. The forward is
+    # the same bias add, which XLA still fuses into the cuDNN convolution.
+    return y + jnp.broadcast_to(shift, y.shape).astype(y.dtype)
 
 
 @jax.custom_jvp
