@@ -133,12 +133,13 @@ def _reductions(jaxpr):
   return out
 
 
-def test_bfloat16_bias_gradients_are_summed_in_float32():
+@pytest.mark.parametrize("size", [64, 96])  # 64: layer4's 3x3 convolutions take the patches path (2x2 maps)
+def test_bfloat16_bias_gradients_are_summed_in_float32(size):
   # The folded batch norm's shift gradient sums the output gradient over batch and pixels (10^5-10^6 terms a
   # channel at 224 px): in bfloat16 those sums would round to 8 bits as they add up (XLA:GPU accumulates in the
   # operand's type). None of the gradient's reductions over activations may take a bfloat16 operand.
   model = Classifier(num_classes=13, depth=10, head="linear", dtype=jnp.bfloat16)
-  x = jnp.zeros((2, 96, 96, 3))
+  x = jnp.zeros((2, size, size, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
 
   def loss(params, rest):

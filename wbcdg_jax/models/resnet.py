@@ -100,7 +100,8 @@ def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None, space
   if patches_path:
     patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
     out = jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * cin, cout))
-    return out if multiplier is None else out * multiplier.astype(out.dtype)
+    # Broadcast before the cast, so the multiplier's gradient is a float32 sum (see _ConvNorm).
+    return out if multiplier is None else out * jnp.broadcast_to(multiplier, out.shape).astype(out.dtype)
   if space_to_depth and strides == 2 and kh * kw > 1:
     return _conv_stride2_space_to_depth(x, kernel, padding)
   return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding), (padding, padding)),
