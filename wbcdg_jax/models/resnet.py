@@ -76,6 +76,17 @@ def feature_dim(depth: int, width: int = 64) -> int:
   return width * 8 * (4 if bottleneck else 1)
 
 
+def _per_channel(v, y):
+  """float32 per-channel values v [C] broadcast to y [B, H, W, C], in y's dtype.
+
+  Broadcast in float32, then cast: v's gradient is then the transpose, a float32 sum over batch and pixels of the
+  (bfloat16) gradient. Cast first, it would be a bfloat16 sum (XLA:GPU accumulates a reduction in its operand's
+  type), ~10^5-10^6 terms a channel rounded to 8 bits as they add up. The forward is the same elementwise op,
+  which XLA still fuses into the cuDNN convolution as its bias.
+  """
+  return jnp.broadcast_to(v, y.shape).astype(y.dtype)
+
+
 def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None, space_to_depth: bool = False):
   """NHWC x [B, H, W, Cin] * HWIO kernel [kh, kw, Cin, Cout], symmetric zero padding -> [B, Ho, Wo, Cout], computed
   in x's dtype.
@@ -100,8 +111,7 @@ def conv2d(x, kernel, strides: int = 1, padding: int = 0, multiplier=None, space
   if patches_path:
     patches = jnp.concatenate(_window_taps(x, kh, kw, strides, padding, 0.0), axis=-1)
     out = jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * cin, cout))
-    # Broadcast before the cast, so the multiplier's gradient is a float32 sum (see _ConvNorm).
-    return out if multiplier is None else out * jnp.broadcast_to(multiplier, out.shape).astype(out.dtype)
+    return out if multiplier is None else out * _per_channel(multiplier, out)
   if space_to_depth and strides == 2 and kh * kw > 1:
     return _conv_stride2_space_to_depth(x, kernel, padding)
   return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding), (padding, padding)),
@@ -208,11 +218,7 @@ class _ConvNorm:
                           dtype=self.dtype, param_dtype=jnp.float32, name=bn_name)(conv(x))
     multiplier, shift = _FrozenNormAffine(features, name=bn_name)()
     y = conv(x, multiplier)
-    # Broadcast in float32, then cast: the gradient of `shift` is then the transpose, a float32 sum over batch and
-    # pixels of the (bfloat16) output gradient. Cast first, it would be a bfloat16 sum (XLA:GPU accumulates a
-    # reduction in its operand's type), ~10^5-10^6 terms a channel rounded to 8 bits as they add up. The forward is
-    # the same bias add, which XLA still fuses into the cuDNN convolution.
-    return y + jnp.broadcast_to(shift, y.shape).astype(y.dtype)
+    return y + _per_channel(shift, y)
 
 
 @jax.custom_jvp
