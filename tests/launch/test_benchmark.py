@@ -15,7 +15,7 @@ import pytest
 
 from tests.child_env import cpu_env
 from wbcdg_jax.bench import inputs, report, runner, settings as settings_lib
-from wbcdg_jax.bench.steps import StepCache, algorithm_config, seed_steps
+from wbcdg_jax.bench.steps import StepCache, algorithm_config, compiler_options, seed_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -224,12 +224,14 @@ def test_merge_results_of_runs_in_parts():
 
 
 def test_variants_run_at_their_own_batches_compiled_ahead():
+  # Timed at 8, not at the settings' batch 4: the two steps are then programs the training tests compile too
+  # (tests/train/test_train_step.py), which the persistent compilation cache holds once for both.
   settings = settings_lib.make_settings("smoke", sections=("variants",), variants=("train.check_updated_params=true",),
-                                        variant_batches=(4,), compile_ahead=True)
+                                        batch=4, variant_batches=(8,), compile_ahead=True)
   logged = []
   result = runner.run_benchmark(settings, log=logged.append)
   rows = result["sections"]["variants"]["rows"]
-  assert [(r["model_variant"], r["batch"]) for r in rows] == [("", 4), ("train.check_updated_params=true", 4)]
+  assert [(r["model_variant"], r["batch"]) for r in rows] == [("", 8), ("train.check_updated_params=true", 8)]
   assert all(r["finite"] and _positive(r["images_per_s"]) for r in rows)
   # Both compiled in the one round ahead of the timing, and only there.
   assert sum(line.startswith("compiling") for line in logged) == 2
@@ -254,6 +256,16 @@ def test_steps_to_compile_covers_every_section_once_small_batches_first():
   only_pipeline = runner.steps_to_compile(settings_lib.make_settings("gpu", sections=("pipeline", "variants"),
                                                                      variants=()))
   assert [(k[0], k[1]) for k in only_pipeline] == [("boda", 64), ("boda", 256)]
+
+
+def test_fast_compile_option_leaves_a_level_set_in_xla_flags_alone(monkeypatch):
+  """The smoke's steps are the programs the training tests compile: with the tests' XLA_FLAGS level they must be
+  compiled with the same options, or the persistent compilation cache would hold each of them twice."""
+  smoke, gpu = settings_lib.make_settings("smoke"), settings_lib.make_settings("gpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert compiler_options(smoke) == {"xla_backend_optimization_level": 0} and compiler_options(gpu) is None
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  assert compiler_options(smoke) is None and compiler_options(gpu) is None
 
 
 def test_settings_errors_name_the_flag():
@@ -293,19 +305,20 @@ def test_settings_errors_name_the_flag():
 
 def test_launcher_on_two_fake_cpu_devices(tmp_path):
   """The launcher end to end on 2 fake CPU devices: the table's steps span both, scaling times 1 and 2, and
-  --profile_dir writes a trace."""
+  --profile_dir writes a trace. BoDA's step on 2 devices is the program test_sharded_step_matches_1_device
+  compiles (the persistent compilation cache holds it once for both)."""
   out = str(tmp_path / "bench.json")
   env = cpu_env(2, PYTHONPATH=ROOT)
   profile = tmp_path / "profile"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"), "--smoke",
-                         "--algorithms=erm", "--sections=steps,scaling", "--scaling_algorithm=erm", f"--json={out}",
+                         "--algorithms=boda", "--sections=steps,scaling", "--scaling_algorithm=boda", f"--json={out}",
                          "--compile_threads=1",
-                         f"--profile_dir={profile}", "--profile_algorithm=erm"],
+                         f"--profile_dir={profile}", "--profile_algorithm=boda"],
                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert list(profile.rglob("*.xplane.pb")), "no jax.profiler trace written"
-  assert "HloModule" in (profile / "erm_8" / "erm_step.hlo.txt").read_text()
-  assert "| scaling | erm | 8 | 2 |" in proc.stdout
+  assert "HloModule" in (profile / "boda_8" / "boda_step.hlo.txt").read_text()
+  assert "| scaling | boda | 8 | 2 |" in proc.stdout
   with open(out) as f:
     result = json.load(f)
   # Where the traced step's time went, by the train step's named scopes (the model's both ways, the augmentation).
@@ -315,7 +328,7 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   assert sum(row["share"] for row in parts.values()) == pytest.approx(1.0)
   assert profiled["batch"] == 8
   assert _positive(profiled["wall_ms_per_step"]) and _positive(profiled["busy_share_of_wall"])
-  assert "Profile: erm at total batch 8" in proc.stdout and "| model forward |" in proc.stdout
+  assert "Profile: boda at total batch 8" in proc.stdout and "| model forward |" in proc.stdout
   assert result["meta"]["device_count"] == 2 and result["settings"]["preset"] == "smoke"
   assert [(r["devices"], r["batch"]) for r in result["sections"]["steps"]["rows"]] == [(2, 8)]
   scaling = result["sections"]["scaling"]["rows"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib
+import os
 import statistics
 import time
 import warnings
@@ -83,8 +84,16 @@ def mesh_of(num_devices: int) -> jax.sharding.Mesh:
 
 
 def compiler_options(settings: Settings) -> dict[str, Any] | None:
-  # Smoke runs only: XLA's backend optimisations off roughly halve CPU compile times; the steps run slower.
-  return {"xla_backend_optimization_level": 0} if settings.fast_compile else None
+  """Extra options of the benchmark's ahead-of-time compiles: none, or, with settings.fast_compile (the smoke),
+  XLA's backend optimisations off, which roughly halves CPU compile times (the steps run slower).
+
+  A level already set in XLA_FLAGS (the tests set 0) is left to apply by itself: the same request passed again
+  as a compile option changes the persistent compilation cache's key, and the smoke's steps, the very programs
+  the training tests compile, would then miss the cache entries those tests wrote.
+  """
+  if not settings.fast_compile or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  return {"xla_backend_optimization_level": 0}
 
 
 @dataclasses.dataclass
