@@ -64,7 +64,9 @@ class _Images:
   array_record's read); `raw` says so, decided on the first record by `of`, where both ways must give the same
   image. Records are read one by one: on local disk that is faster than array_record's parallel `__getitems__`
   (measured), and parallelism comes from grain's reading threads / worker processes, which work on several
-  batches at once.
+  batches at once. At 256 px the read itself dominates where the records are zstd-compressed (TFDS's writer):
+  ~385 us a 197 KB record against ~71 us uncompressed, which is how the builders store them now
+  (`base_builder.WbcConfig.record_compression`); the parse and copy take ~50 us.
 
   Attributes:
     source: random-access records; `source[i]` is a dict with 'image' uint8 [S, S, 3]; a TFDS array_record

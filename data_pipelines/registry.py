@@ -137,7 +137,8 @@ def build(name: str, *, data_dir: str | os.PathLike[str], manual_dir: str | os.P
     data_dir: root folder of all stored datasets.
     manual_dir: folder with the downloaded files (real datasets only; unused when already built).
     verbose: print the build report after building.
-    **options: builder options (image_size, fov_um, ...).
+    **options: builder options (image_size, fov_um, ...). `record_compression`, given for a dataset already
+      built, rewrites its record files that are stored otherwise (the records themselves are unchanged).
 
   Returns:
     the dataset directory <data_dir>/<builder>/<config>/<version>.
@@ -158,8 +159,15 @@ def build(name: str, *, data_dir: str | os.PathLike[str], manual_dir: str | os.P
     builder.download_and_prepare(download_config=download_config)
     if verbose:
       print(report_lib.BuildReport.load(builder.data_path).format())
-  elif verbose:
-    print(f"{name}: already built at {builder.data_path}")
+  else:
+    if verbose:
+      print(f"{name}: already built at {builder.data_path}")
+    compression = options.get("record_compression")
+    if compression is not None:  # asked for explicitly: an older build's records are rewritten to match
+      rewritten = base_builder.rewrite_records(builder.data_path, compression)
+      if rewritten:
+        print(f"{name}: rewrote {len(rewritten)} record file(s) at {builder.data_path} with "
+              f"record_compression={compression!r}")
   if not (builder.data_path / base_builder.INDEX_FILENAME).exists():
     base_builder.write_index(builder)  # E.g. a crash between TFDS's rename and the index write.
   return os.fspath(builder.data_path)

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from data_pipelines import pipeline
+from data_pipelines import base_builder, pipeline
 from wbcdg_jax import augment, sharding, trainer
 from wbcdg_jax.bench.settings import Settings
 from wbcdg_jax.bench.steps import BuiltStep, compiler_options, time_step, timed_windows
@@ -67,6 +67,13 @@ def _started(it, settings: Settings):
   return it, time.perf_counter() - t0
 
 
+def _record_compression(data: ExperimentData) -> str:
+  """How the source domains' record files store their records ('none', 'zstd'; several joined by '+'): a
+  `--data_dir` built before session 16 holds zstd records, which cost the host ~5x more to read."""
+  kinds = {base_builder.record_compression(f) for d in data.sources for f in base_builder.record_files(d.directory)}
+  return "+".join(sorted(kinds))
+
+
 def _row(name: str, built: BuiltStep, images: int, seconds: float, **extra) -> dict[str, Any]:
   return {"name": name, "batch": built.total_batch, "devices": built.num_devices, "images_per_s": images / seconds,
           "step_ms": 1e3 * seconds * built.total_batch / images, **extra}
@@ -83,7 +90,7 @@ def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) ->
   for _ in range(n):
     next(it)
   rows.append(_row("host read (grain, array_record)", built, n * batch, time.perf_counter() - t0,
-                   first_call_s=start_s))
+                   first_call_s=start_s, note=f"records stored with compression {_record_compression(data)!r}"))
 
   _close(it)
 
