@@ -127,8 +127,10 @@ def build_stage(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh, c
   if spec.boda_weight:
     covariance = boda_covariance(config)
     boda_stats = losses.init_boda_stats(num_domains, NUM_CLASSES, dim, counts, covariance=covariance)
+    # Replicated sums: every process reads them back (trainer.refresh_boda), wherever the batch's rows live.
     moments_fn = jax.jit(lambda z, y, d, mask: losses.pair_moments(
-        z, y, d, mask, num_domains=num_domains, num_classes=NUM_CLASSES, covariance=covariance))
+        z, y, d, mask, num_domains=num_domains, num_classes=NUM_CLASSES, covariance=covariance),
+                         out_shardings=sharding.replicated(mesh))
   state = create_train_state(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
                              pair_counts=counts, boda=boda_stats, disc_params=disc_params, disc_tx=disc_tx)
   o_major_kernels = sharding.o_major_kernels_on(config.train.o_major_kernels, mesh)

@@ -9,6 +9,7 @@ random draw).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -59,33 +60,57 @@ def _is_main() -> bool:
 # ----------------------------------------------------------------------------------------------------- evaluation
 
 
+EVAL_READ_AHEAD = 2  # evaluation batches read and placed on the devices ahead of the forward pass, by a thread
+EVAL_IN_FLIGHT = 4  # refresh batches dispatched before the host waits for the oldest (bounds their device memory)
+
+
+def _eval_batches(domain, indices: np.ndarray, *, batch_size: int, mesh, domain_index: int = 0):
+  """This process's padded evaluation batches of `indices`, placed on the mesh EVAL_READ_AHEAD batches ahead by a
+  thread (`sharding.device_batches`). Returns (iterator, number of batches); close the iterator when done."""
+  host, num_batches = pipeline.make_eval_iterator(domain, indices, batch_size=batch_size, domain_index=domain_index,
+                                                  process_index=jax.process_index(),
+                                                  process_count=jax.process_count())
+  return iter(sharding.device_batches(host, mesh, prefetch=EVAL_READ_AHEAD)), num_batches
+
+
 def predict_split(eval_fn, variables: dict, domain, indices: np.ndarray, *, batch_size: int, mesh,
-                  desc: str = "eval") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
   """Runs the eval forward over `indices` of `domain`.
 
+  Reading, host-to-device copies and the forward passes overlap: a thread reads and places the batches ahead, and
+  a batch's outputs are fetched only once the next batch's forward pass is queued, so the devices never wait for
+  the host to copy results back.
+
   Returns:
-    (labels int64 [N], logits float32 [N, C], z float32 [N, D]) in the order of `indices`, gathered from every
-    process.
+    (labels int [N], logits float32 [N, C]) in the order of `indices`, gathered from every process.
   """
-  it, num_batches = pipeline.make_eval_iterator(domain, indices, batch_size=batch_size,
-                                                process_index=jax.process_index(),
-                                                process_count=jax.process_count())
-  labels, logits, feats = [], [], []
-  for batch in tqdm.tqdm(it, total=num_batches, desc=desc, leave=False, disable=not _is_main()):
-    batch = sharding.shard_batch(batch, mesh)
-    z, out = eval_fn(variables["params"], variables["batch_stats"], batch["image"])
-    mask, lab, out, z = multihost_utils.process_allgather((batch["mask"], batch["label"], out, z), tiled=True)
+  it, num_batches = _eval_batches(domain, indices, batch_size=batch_size, mesh=mesh)
+  labels, logits, pending = [], [], None
+
+  def collect(outputs):
+    mask, lab, out = multihost_utils.process_allgather(outputs, tiled=True)
+    mask = np.asarray(mask)
     labels.append(np.asarray(lab)[mask])
     logits.append(np.asarray(out)[mask])
-    feats.append(np.asarray(z)[mask])
-  return np.concatenate(labels), np.concatenate(logits), np.concatenate(feats)
+
+  try:
+    for batch in tqdm.tqdm(it, total=num_batches, desc=desc, leave=False, disable=not _is_main()):
+      _, out = eval_fn(variables["params"], variables["batch_stats"], batch["image"])
+      if pending is not None:
+        collect(pending)
+      pending = (batch["mask"], batch["label"], out)
+    if pending is not None:
+      collect(pending)
+  finally:
+    it.close()
+  return np.concatenate(labels), np.concatenate(logits)
 
 
 def evaluate_sources(eval_fn, variables: dict, data: ExperimentData, *, batch_size: int, mesh) -> dict:
   """Scores the pooled source validation split ('val') and each source domain's validation split."""
   per_domain, y_all, p_all = {}, [], []
   for domain, idx in zip(data.sources, data.val_idx):
-    y, logits, _ = predict_split(eval_fn, variables, domain, idx, batch_size=batch_size, mesh=mesh,
+    y, logits = predict_split(eval_fn, variables, domain, idx, batch_size=batch_size, mesh=mesh,
                                  desc=f"val {domain.name}")
     pred = logits.argmax(-1)
     per_domain[domain.name] = metrics.classification_report(y, pred, CLASS_NAMES)
@@ -100,7 +125,7 @@ def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_siz
   """Scores the unseen target's test split; also saves its predictions (for tables made later)."""
   if data.target is None:
     return {}
-  y, logits, _ = predict_split(eval_fn, variables, data.target, data.target_idx, batch_size=batch_size, mesh=mesh,
+  y, logits = predict_split(eval_fn, variables, data.target, data.target_idx, batch_size=batch_size, mesh=mesh,
                                desc=f"test {data.target.name}")
   if workdir and _is_main():
     np.savez(os.path.join(workdir, "target_predictions.npz"), labels=y, logits=logits,
@@ -111,25 +136,35 @@ def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_siz
 # ------------------------------------------------------------------------------------------------ BoDA statistics
 
 
+_add_moments = jax.jit(losses.add_moments, donate_argnums=0)
+
+
 def refresh_boda(state: TrainState, eval_fn, moments_fn, data: ExperimentData, *, config, mesh) -> TrainState:
-  """Recomputes per-(domain, class) feature statistics by an eval-mode pass over every source training split."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  chunk = int(config.data.eval_batch)
-  total = None
+  """Recomputes per-(domain, class) feature statistics by an eval-mode pass over every source training split.
+
+  The features stay on the devices: each batch's per-pair moments (`moments_fn`) are summed there, and only the
+  sums come back, once. Reading, host-to-device copies and the forward passes overlap (a thread reads and places
+  the batches ahead; nothing waits for a batch's result), so the pass runs at the slower of the reading and the
+  forward pass rather than at their sum: on one H100 the serial pass ran at 1,628 images/s where its forward
+  alone ran at 25,999 (session 13). The host waits for a batch's moments once EVAL_IN_FLIGHT newer ones are
+  queued (its features computed: its images are freed), which bounds the device memory that queued batches hold.
+  """
+  params, batch_stats = state.params, state.batch_stats
+  total, queued = None, collections.deque()
   for d, (domain, idx) in enumerate(zip(data.sources, data.train_idx)):
-    _, _, z = predict_split(eval_fn, variables, domain, idx, batch_size=chunk, mesh=mesh,
-                            desc=f"BoDA stats {domain.name}")
-    labels = domain.labels[idx].astype(np.int32)
-    # Fixed-size chunks: one compilation, and bounded memory for the full-covariance moments.
-    for lo in range(0, len(labels), chunk):
-      n = min(chunk, len(labels) - lo)
-      zc = np.zeros((chunk, z.shape[1]), np.float32)
-      zc[:n] = z[lo:lo + n]
-      yc = np.zeros((chunk,), np.int32)
-      yc[:n] = labels[lo:lo + n]
-      m = moments_fn(zc, yc, np.full((chunk,), d, np.int32), np.arange(chunk) < n)
-      total = m if total is None else losses.add_moments(total, m)
-  stats = losses.update_boda_stats(state.boda, total, momentum=float(config.boda.momentum),
+    it, num_batches = _eval_batches(domain, idx, batch_size=int(config.data.eval_batch), mesh=mesh, domain_index=d)
+    try:
+      for batch in tqdm.tqdm(it, total=num_batches, desc=f"BoDA stats {domain.name}", leave=False,
+                             disable=not _is_main()):
+        z, _ = eval_fn(params, batch_stats, batch["image"])
+        moments = moments_fn(z, batch["label"], batch["domain"], batch["mask"])
+        queued.append(z)  # not the moments: the first batch's are the running total, donated to the next add
+        total = moments if total is None else _add_moments(total, moments)
+        if len(queued) > EVAL_IN_FLIGHT:
+          queued.popleft().block_until_ready()
+    finally:
+      it.close()
+  stats = losses.update_boda_stats(state.boda, jax.device_get(total), momentum=float(config.boda.momentum),
                                    shrinkage=boda_shrinkage(config.boda.shrinkage))
   return state.replace(boda=sharding.replicate(stats, mesh))
 

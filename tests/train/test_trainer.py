@@ -118,7 +118,10 @@ def test_boda_refresh_matches_direct_statistics(module):
   from wbcdg_jax.train_state import count_pairs
 
   config = tiny_config(module)
-  config.data.eval_batch = 8
+  # 4 + 2 batches (the last of each domain padded): more than trainer.EVAL_IN_FLIGHT, so the pass also waits for
+  # queued batches, and the first batch's moments (the running total) are donated to the second's sum.
+  config.data.eval_batch = 4
+  assert 4 + 2 > trainer.EVAL_IN_FLIGHT
   mesh = sharding.make_mesh()
   domains = [MemoryDomain(name, n, seed, image_size=32, num_classes=4) for name, n, seed in (("a", 13, 1), ("b", 9, 2))]
   train_idx = [np.arange(0, 13, 1), np.arange(1, 9)]
@@ -137,6 +140,21 @@ def test_boda_refresh_matches_direct_statistics(module):
       np.testing.assert_allclose(np.asarray(state.boda.means[d, c]), expected, rtol=1e-4, atol=1e-5)
   if module == "boda_mahalanobis":
     assert state.boda.precision.shape == state.boda.means.shape and np.isfinite(state.boda.precision).all()
+
+
+def test_predict_split_keeps_the_order_of_the_indices_over_padded_batches():
+  config = tiny_config("erm")
+  mesh = sharding.make_mesh()
+  domain = MemoryDomain("a", 11, 3, image_size=32, num_classes=4)
+  stage = build_stage(config, mesh=mesh, counts=tiny_counts())
+  params, batch_stats = stage.state.params, stage.state.batch_stats
+  indices = np.asarray([7, 2, 9, 0, 10, 4, 4, 1, 6])  # out of order, one repeated; batches of 4: 4, 4, 1 + padding
+  labels, logits = trainer.predict_split(stage.eval_fn, {"params": params, "batch_stats": batch_stats}, domain,
+                                         indices, batch_size=4, mesh=mesh)
+  np.testing.assert_array_equal(labels, domain.labels[indices])
+  _, expected = stage.eval_fn(params, batch_stats, np.stack([domain.source[i]["image"] for i in indices] +
+                                                            [np.zeros((32, 32, 3), np.uint8)] * 3))
+  np.testing.assert_allclose(logits, np.asarray(expected)[:9], rtol=1e-5, atol=1e-5)
 
 
 def _diverging_config(data_dir):
