@@ -63,7 +63,11 @@ def test_smoke_runs_every_section_and_algorithm():
   refresh = {r["name"].split(" (")[0]: r for r in sections["refresh"]["rows"]}
   assert set(refresh) == {"eval forward", "refresh_boda"}
   assert all(_positive(r["images_per_s"]) for r in refresh.values())
+  assert refresh["refresh_boda"]["ratio"] == pytest.approx(
+      refresh["refresh_boda"]["images_per_s"] / refresh["eval forward"]["images_per_s"])
   pipeline = [r["name"] for r in sections["pipeline"]["rows"]]
+  # The smoke builds its synthetic domains, so the records it reads are uncompressed.
+  assert sections["pipeline"]["rows"][0]["note"] == "records stored with compression 'none'"
   assert pipeline == ["host read (grain, array_record)", "read + device augmentation", "step on device data",
                       "full loop (pipeline -> step)", "full loop, batches placed inline"]
   loops = sections["pipeline"]["rows"][-2:]
