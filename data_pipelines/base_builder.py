@@ -394,24 +394,28 @@ def rewrite_records(directory: str | os.PathLike[str], compression: str, *, chun
     if record_compression(path) == compression:
       continue
     tmp = path + ".rewrite"
-    reader = array_record_module.ArrayRecordReader(path)
     try:
-      count = reader.num_records()
-      writer = array_record_module.ArrayRecordWriter(tmp, RECORD_COMPRESSIONS[compression])
+      reader = array_record_module.ArrayRecordReader(path)
       try:
-        for start in range(0, count, chunk):
-          for record in reader.read(list(range(start, min(count, start + chunk)))):
-            writer.write(record)
+        count = reader.num_records()
+        writer = array_record_module.ArrayRecordWriter(tmp, RECORD_COMPRESSIONS[compression])
+        try:
+          for start in range(0, count, chunk):
+            for record in reader.read(list(range(start, min(count, start + chunk)))):
+              writer.write(record)
+        finally:
+          writer.close()
       finally:
-        writer.close()
-    finally:
-      reader.close()
-    check = array_record_module.ArrayRecordReader(tmp)
-    written = check.num_records()
-    check.close()
-    if written != count:
-      os.remove(tmp)
-      raise OSError(f"rewrite_records: {tmp} holds {written} records, {path} {count}; {path} left as it was")
+        reader.close()
+      check = array_record_module.ArrayRecordReader(tmp)
+      written = check.num_records()
+      check.close()
+      if written != count:
+        raise OSError(f"rewrite_records: {tmp} holds {written} records, {path} {count}; {path} left as it was")
+    except BaseException:
+      if os.path.exists(tmp):  # e.g. a full disk: the old shard stays, the partial copy goes
+        os.remove(tmp)
+      raise
     os.replace(tmp, path)
     rewritten.append(path)
   return rewritten

@@ -197,3 +197,36 @@ def test_rewrite_records_keeps_every_record(built, tmp_path, capsys):
     np.testing.assert_array_equal(domain.source[i]["image"], image)
   with pytest.raises(ValueError, match="record_compression must be one of"):
     base_builder.rewrite_records(copied, "lz4")
+
+
+def test_a_failed_rewrite_leaves_the_shard_as_it_was(built, tmp_path, monkeypatch):
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
+  data_dir, _, path = built
+  import shutil  # pylint: disable=import-outside-toplevel
+  copied = str(tmp_path / "copy")
+  shutil.copytree(path, copied)
+  expected = _records(copied)
+  real_writer = array_record_module.ArrayRecordWriter
+
+  class FullDisk:
+    """A writer that fails after 3 records, as on a full disk."""
+
+    def __init__(self, file, options):
+      self.writer, self.count = real_writer(file, options), 0
+
+    def write(self, record):
+      if self.count == 3:
+        raise OSError("No space left on device")
+      self.writer.write(record)
+      self.count += 1
+
+    def close(self):
+      self.writer.close()
+
+  monkeypatch.setattr(array_record_module, "ArrayRecordWriter", FullDisk)
+  with pytest.raises(OSError, match="No space left"):
+    base_builder.rewrite_records(copied, "zstd")
+  assert sorted(os.listdir(copied)) == sorted(os.listdir(path))  # no partial .rewrite file left
+  assert _records(copied) == expected
+  assert [base_builder.record_compression(f) for f in base_builder.record_files(copied)] == ["none"]
