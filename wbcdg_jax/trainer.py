@@ -111,7 +111,7 @@ def evaluate_sources(eval_fn, variables: dict, data: ExperimentData, *, batch_si
   per_domain, y_all, p_all = {}, [], []
   for domain, idx in zip(data.sources, data.val_idx):
     y, logits = predict_split(eval_fn, variables, domain, idx, batch_size=batch_size, mesh=mesh,
-                                 desc=f"val {domain.name}")
+                              desc=f"val {domain.name}")
     pred = logits.argmax(-1)
     per_domain[domain.name] = metrics.classification_report(y, pred, CLASS_NAMES)
     y_all.append(y)
@@ -126,7 +126,7 @@ def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_siz
   if data.target is None:
     return {}
   y, logits = predict_split(eval_fn, variables, data.target, data.target_idx, batch_size=batch_size, mesh=mesh,
-                               desc=f"test {data.target.name}")
+                            desc=f"test {data.target.name}")
   if workdir and _is_main():
     np.savez(os.path.join(workdir, "target_predictions.npz"), labels=y, logits=logits,
              indices=data.target_idx, paths=np.asarray(data.target.paths)[data.target_idx])
@@ -146,8 +146,8 @@ def refresh_boda(state: TrainState, eval_fn, moments_fn, data: ExperimentData, *
   sums come back, once. Reading, host-to-device copies and the forward passes overlap (a thread reads and places
   the batches ahead; nothing waits for a batch's result), so the pass runs at the slower of the reading and the
   forward pass rather than at their sum: on one H100 the serial pass ran at 1,628 images/s where its forward
-  alone ran at 25,999 (session 13). The host waits for a batch's moments once EVAL_IN_FLIGHT newer ones are
-  queued (its features computed: its images are freed), which bounds the device memory that queued batches hold.
+  alone ran at 25,999 (session 13). Once more than EVAL_IN_FLIGHT batches are queued, the host waits for the
+  oldest one's features (its images are then freed), which bounds the device memory that queued batches hold.
   """
   params, batch_stats = state.params, state.batch_stats
   total, queued = None, collections.deque()
