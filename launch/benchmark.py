@@ -45,7 +45,8 @@ _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("scaling_per_device_batch", "Per-device batch of the scaling rows (0: batch / devices)."),
     ("num_workers", "grain worker processes."), ("num_threads", "grain reading threads."),
     ("prefetch", "grain read-ahead batches (>= num_threads)."), ("seed", "Seed."),
-    ("compile_threads", "Steps compiled at once."))}
+    ("compile_threads", "Steps compiled at once."),
+    ("refresh_images", "Images a timed refresh pass covers at least (training indices repeated; 0: once)."))}
 _STRINGS = {name: flags.DEFINE_string(name, None, help_) for name, help_ in (
     ("dtype", "Compute dtype: bfloat16 or float32."), ("torch", "auto | on | off."),
     ("torch_compile", "auto (CUDA only) | on | off."), ("scaling_algorithm", "Algorithm of the scaling rows."),

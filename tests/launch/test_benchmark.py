@@ -305,6 +305,24 @@ def test_settings_errors_name_the_flag():
   assert config.model.max_pool == "slices" and config.train.check_updated_params is True
   with pytest.raises(ValueError, match="total batch 9 is not divisible by the 2 source domains"):
     algorithm_config("boda", settings_lib.make_settings("smoke"), 9)
+  with pytest.raises(ValueError, match="--refresh_images=-1 must be >= 0"):
+    settings_lib.make_settings("smoke", refresh_images=-1)
+  assert settings_lib.make_settings("gpu").refresh_images == 8192
+
+
+def test_refresh_pass_repeats_the_training_split_to_the_asked_length():
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from tests.memory_domain import MemoryDomain  # pylint: disable=import-outside-toplevel
+  from wbcdg_jax.experiment import ExperimentData  # pylint: disable=import-outside-toplevel
+
+  domains = [MemoryDomain("a", 13, 1), MemoryDomain("b", 9, 2)]
+  data = ExperimentData(domains, [np.arange(13), np.arange(1, 9)], [np.arange(0)] * 2, None, np.zeros(0, np.int64))
+  assert inputs._repeated_training_split(data, 0) == (data, 1)
+  assert inputs._repeated_training_split(data, 21) == (data, 1)
+  longer, repeats = inputs._repeated_training_split(data, 22)  # 21 images: twice covers 22
+  assert repeats == 2 and [len(i) for i in longer.train_idx] == [26, 16]
+  np.testing.assert_array_equal(longer.train_idx[1], np.tile(np.arange(1, 9), 2))
+  assert longer.sources is data.sources and longer.val_idx is data.val_idx
 
 
 def test_launcher_on_two_fake_cpu_devices(tmp_path):

@@ -67,6 +67,10 @@ class Settings:
     loop_algorithm: the step fed by the input pipeline (and whose BoDA statistics the refresh section rebuilds).
     data_dir: where the synthetic domains are built ('' = a temporary directory, deleted afterwards).
     synthetic_scale: fraction of the real dataset sizes generated.
+    refresh_images: images the refresh row's pass covers at least: each source's training indices are repeated
+      (the records are read again) until they add up to it, so that a pass is long enough to time its steady
+      state (0: the training split once; session 13's gpu run timed 543 images, 5 batches of 128, where a paper
+      run refreshes ~26,300).
     num_workers, num_threads, prefetch: grain reading processes, threads and read-ahead batches (the defaults are
       the trainer's; raise them to find the pipeline's limit, keeping prefetch >= num_threads).
     fast_compile: compile with XLA's backend optimisations off (the smoke: faster compiles, slower steps).
@@ -105,6 +109,7 @@ class Settings:
   loop_algorithm: str = "boda"
   data_dir: str = ""
   synthetic_scale: float = 0.02
+  refresh_images: int = 0
   num_workers: int = 0
   num_threads: int = 4
   prefetch: int = 4
@@ -142,6 +147,8 @@ class Settings:
     for name in ("steps", "repeats", "pipeline_steps", "batch", "compile_threads"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
+    if int(self.refresh_images) < 0:
+      raise ValueError(f"--refresh_images={self.refresh_images} must be >= 0")
     if self.stored_size < self.image_size:
       raise ValueError(f"--stored_size={self.stored_size} is smaller than --image_size={self.image_size}")
 
@@ -183,6 +190,7 @@ _GPU_VARIANTS = ("max_pool=taps+train.o_major_kernels=false", "optim.flatten=tru
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=5, pipeline_steps=40, torch_timeout_s=420,
+                refresh_images=8192,
                 torch_compile_modes=("default", "reduce-overhead"),
                 variants=_GPU_VARIANTS, variant_batches=(64, 256), compile_threads=8, compile_ahead=True,
                 compile_seeds=True, profile_batches=(64, 256)),
