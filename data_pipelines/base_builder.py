@@ -153,9 +153,7 @@ class WbcConfig(tfds.core.BuilderConfig):
       raise ValueError(f"fov_um must be a finite number > 0 micrometres, got {self.fov_um!r}")
     if int(self.num_workers) < 1:
       raise ValueError(f"num_workers must be >= 1, got {self.num_workers!r}")
-    if self.record_compression not in RECORD_COMPRESSIONS:
-      raise ValueError(f"record_compression must be one of {sorted(RECORD_COMPRESSIONS)}, got "
-                       f"{self.record_compression!r}")
+    check_record_compression(self.record_compression)
     self.image_size, self.fov_um = int(self.image_size), float(self.fov_um)
 
   def name_parts(self) -> list[str]:
@@ -350,6 +348,12 @@ def write_index(builder: tfds.core.DatasetBuilder) -> str:
   return path
 
 
+def check_record_compression(value: str) -> None:
+  """Raises ValueError naming record_compression unless `value` is a key of RECORD_COMPRESSIONS."""
+  if value not in RECORD_COMPRESSIONS:
+    raise ValueError(f"record_compression must be one of {sorted(RECORD_COMPRESSIONS)}, got {value!r}")
+
+
 def record_files(directory: str | os.PathLike[str]) -> list[str]:
   """The array_record shards of a dataset directory (<name>-train.array_record-NNNNN-of-NNNNN), sorted."""
   directory = os.fspath(directory)
@@ -387,8 +391,7 @@ def rewrite_records(directory: str | os.PathLike[str], compression: str, *, chun
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-  if compression not in RECORD_COMPRESSIONS:
-    raise ValueError(f"record_compression must be one of {sorted(RECORD_COMPRESSIONS)}, got {compression!r}")
+  check_record_compression(compression)
   rewritten = []
   for path in record_files(directory):
     if record_compression(path) == compression:

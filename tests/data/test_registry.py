@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pickle
+import shutil
 import tempfile
 
 import numpy as np
@@ -181,7 +182,6 @@ def test_rewrite_records_keeps_every_record(built, tmp_path, capsys):
   expected = _records(path)
   images = [registry.open_domain("matek19", data_dir=data_dir, **OPTIONS).source[i]["image"] for i in range(9)]
   copy = tmp_path / "data"
-  import shutil  # pylint: disable=import-outside-toplevel
   shutil.copytree(data_dir, copy)
   copied = os.path.join(copy, os.path.relpath(path, data_dir))
   assert [os.path.basename(f) for f in base_builder.rewrite_records(copied, "zstd", chunk=4)] == [
@@ -203,7 +203,6 @@ def test_a_failed_rewrite_leaves_the_shard_as_it_was(built, tmp_path, monkeypatc
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
 
   data_dir, _, path = built
-  import shutil  # pylint: disable=import-outside-toplevel
   copied = str(tmp_path / "copy")
   shutil.copytree(path, copied)
   expected = _records(copied)
