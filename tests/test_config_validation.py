@@ -154,6 +154,7 @@ def test_dataset_names_are_checked_before_anything_is_read(field, value, fragmen
     ("data.num_folds", 1, "config.data.num_folds=1 must be >= 2"),
     ("data.per_domain_batch", 0, "config.data.per_domain_batch=0 must be >= 1"),
     ("data.eval_batch", -4, "config.data.eval_batch=-4 must be >= 1"),
+    ("data.num_threads", 0, "config.data.num_threads=0 must be >= 1"),
     ("data.stored_size", 0, "config.data.stored_size=0 must be >= 1"),
     ("data.fov_um", 0.0, "config.data.fov_um=0.0 must be > 0"),
     ("data.target_split", "alll", "config.data.target_split='alll' is not one of ['fold', 'all']; did you mean "

@@ -61,20 +61,30 @@ def _is_main() -> bool:
 
 
 EVAL_READ_AHEAD = 2  # evaluation batches read and placed on the devices ahead of the forward pass, by a thread
+EVAL_READ_THREADS = 4  # configs/base.py's data.num_threads: threads reading evaluation batches, a batch each
 EVAL_IN_FLIGHT = 4  # refresh batches dispatched before the host waits for the oldest (bounds their device memory)
 
 
-def _eval_batches(domain, indices: np.ndarray, *, batch_size: int, mesh, domain_index: int = 0):
-  """This process's padded evaluation batches of `indices`, placed on the mesh EVAL_READ_AHEAD batches ahead by a
+def read_ahead(threads: int) -> int:
+  """grain's read-ahead for `threads` reading threads: it reads at most that many batches at once, so no fewer
+  than the threads (and 4, as before data.num_threads existed)."""
+  return max(4, threads)
+
+
+def _eval_batches(domain, indices: np.ndarray, *, batch_size: int, mesh, domain_index: int = 0,
+                  read_threads: int = EVAL_READ_THREADS):
+  """This process's padded evaluation batches of `indices`, read by `read_threads` threads (each reads whole
+  batches, so as many batches are read at once) and placed on the mesh EVAL_READ_AHEAD batches ahead by another
   thread (`sharding.device_batches`). Returns (iterator, number of batches); close the iterator when done."""
   host, num_batches = pipeline.make_eval_iterator(domain, indices, batch_size=batch_size, domain_index=domain_index,
                                                   process_index=jax.process_index(),
-                                                  process_count=jax.process_count())
+                                                  process_count=jax.process_count(), num_threads=read_threads,
+                                                  prefetch=read_ahead(read_threads))
   return iter(sharding.device_batches(host, mesh, prefetch=EVAL_READ_AHEAD)), num_batches
 
 
 def predict_split(eval_fn, variables: dict, domain, indices: np.ndarray, *, batch_size: int, mesh,
-                  desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+                  desc: str = "eval", read_threads: int = EVAL_READ_THREADS) -> tuple[np.ndarray, np.ndarray]:
   """Runs the eval forward over `indices` of `domain`.
 
   Reading, host-to-device copies and the forward passes overlap: a thread reads and places the batches ahead, and
@@ -84,7 +94,7 @@ def predict_split(eval_fn, variables: dict, domain, indices: np.ndarray, *, batc
   Returns:
     (labels int [N], logits float32 [N, C]) in the order of `indices`, gathered from every process.
   """
-  it, num_batches = _eval_batches(domain, indices, batch_size=batch_size, mesh=mesh)
+  it, num_batches = _eval_batches(domain, indices, batch_size=batch_size, mesh=mesh, read_threads=read_threads)
   labels, logits, pending = [], [], None
 
   def collect(outputs):
@@ -106,12 +116,13 @@ def predict_split(eval_fn, variables: dict, domain, indices: np.ndarray, *, batc
   return np.concatenate(labels), np.concatenate(logits)
 
 
-def evaluate_sources(eval_fn, variables: dict, data: ExperimentData, *, batch_size: int, mesh) -> dict:
+def evaluate_sources(eval_fn, variables: dict, data: ExperimentData, *, batch_size: int, mesh,
+                     read_threads: int = EVAL_READ_THREADS) -> dict:
   """Scores the pooled source validation split ('val') and each source domain's validation split."""
   per_domain, y_all, p_all = {}, [], []
   for domain, idx in zip(data.sources, data.val_idx):
     y, logits = predict_split(eval_fn, variables, domain, idx, batch_size=batch_size, mesh=mesh,
-                              desc=f"val {domain.name}")
+                              desc=f"val {domain.name}", read_threads=read_threads)
     pred = logits.argmax(-1)
     per_domain[domain.name] = metrics.classification_report(y, pred, CLASS_NAMES)
     y_all.append(y)
@@ -121,12 +132,12 @@ def evaluate_sources(eval_fn, variables: dict, data: ExperimentData, *, batch_si
 
 
 def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_size: int, mesh,
-                    workdir: str | None = None) -> dict:
+                    workdir: str | None = None, read_threads: int = EVAL_READ_THREADS) -> dict:
   """Scores the unseen target's test split; also saves its predictions (for tables made later)."""
   if data.target is None:
     return {}
   y, logits = predict_split(eval_fn, variables, data.target, data.target_idx, batch_size=batch_size, mesh=mesh,
-                            desc=f"test {data.target.name}")
+                            desc=f"test {data.target.name}", read_threads=read_threads)
   if workdir and _is_main():
     np.savez(os.path.join(workdir, "target_predictions.npz"), labels=y, logits=logits,
              indices=data.target_idx, paths=np.asarray(data.target.paths)[data.target_idx])
@@ -152,7 +163,8 @@ def refresh_boda(state: TrainState, eval_fn, moments_fn, data: ExperimentData, *
   params, batch_stats = state.params, state.batch_stats
   total, queued = None, collections.deque()
   for d, (domain, idx) in enumerate(zip(data.sources, data.train_idx)):
-    it, num_batches = _eval_batches(domain, idx, batch_size=int(config.data.eval_batch), mesh=mesh, domain_index=d)
+    it, num_batches = _eval_batches(domain, idx, batch_size=int(config.data.eval_batch), mesh=mesh, domain_index=d,
+                                    read_threads=int(config.data.num_threads))
     try:
       for batch in tqdm.tqdm(it, total=num_batches, desc=f"BoDA stats {domain.name}", leave=False,
                              disable=not _is_main()):
@@ -196,6 +208,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   host_batches = pipeline.make_train_dataset(
       data.sources, data.train_idx, per_domain_batch=per_domain, seed=int(config.seed),
       sampling="class_balanced" if st.spec.head_only else "uniform", num_workers=int(config.data.num_workers),
+      num_threads=int(config.data.num_threads), prefetch=read_ahead(int(config.data.num_threads)),
       process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = iter(sharding.device_batches(host_batches, mesh, prefetch=int(config.data.prefetch)))
   try:
@@ -218,6 +231,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, data: Experimen
   start = int(start or 0)
 
   step_fn, eval_fn, moments_fn = st.train_step, st.eval_fn, st.moments_fn
+  eval_args = dict(batch_size=int(config.data.eval_batch), mesh=mesh, read_threads=int(config.data.num_threads))
   log_path = os.path.join(workdir, LOG_FILE)
   _truncate_log(log_path, start)
   pending: list[tuple[int, dict]] = []
@@ -241,7 +255,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, data: Experimen
       _check_params_before_keeping(state, done, ckpts)
     if evaluate_now:
       variables = {"params": state.params, "batch_stats": state.batch_stats}
-      scores = evaluate_sources(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh)
+      scores = evaluate_sources(eval_fn, variables, data, **eval_args)
       summary = {"step": done, "val_f1_macro": scores["val"]["f1_macro"],
                  "val_f1_micro": scores["val"]["f1_micro"], "val_accuracy": scores["val"]["accuracy"]}
       best.offer(done, jax.device_get(variables), summary)
@@ -256,9 +270,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, data: Experimen
   selected = {k: np.asarray(v) for k, v in best.best_metrics().items()}
   variables = best.restore()
   best.close()
-  scores = evaluate_sources(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh)
-  scores.update(evaluate_target(eval_fn, variables, data, batch_size=int(config.data.eval_batch), mesh=mesh,
-                                workdir=workdir))
+  scores = evaluate_sources(eval_fn, variables, data, **eval_args)
+  scores.update(evaluate_target(eval_fn, variables, data, workdir=workdir, **eval_args))
   scores["selected_step"] = int(selected["step"])
   scores["skipped_updates"] = int(jax.device_get(state.skipped))
   return scores

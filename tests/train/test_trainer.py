@@ -26,6 +26,18 @@ def _config(module, data_dir):
   return config
 
 
+def _spy_on_eval_iterators(monkeypatch) -> list[tuple[int, int]]:
+  """(num_threads, prefetch) of every evaluation iterator made from now on."""
+  made, make = [], pipeline.make_eval_iterator
+
+  def spy(*args, **kwargs):
+    made.append((kwargs["num_threads"], kwargs["prefetch"]))
+    return make(*args, **kwargs)
+
+  monkeypatch.setattr(pipeline, "make_eval_iterator", spy)
+  return made
+
+
 def test_decoupled_run_end_to_end_and_resume(data_dir, tmp_path):
   config = _config(boda_decoupled, data_dir)
   workdir = str(tmp_path / "run")
@@ -51,10 +63,17 @@ def test_decoupled_run_end_to_end_and_resume(data_dir, tmp_path):
   assert len([r for r in rows_after if "step" in r]) == len(steps)
 
 
-def test_erm_run_writes_loadable_model(data_dir, tmp_path):
+def test_erm_run_writes_loadable_model(data_dir, tmp_path, monkeypatch):
   config = _config(erm, data_dir)
+  config.data.num_threads = 2
+  made, make = [], pipeline.make_train_dataset
+  monkeypatch.setattr(pipeline, "make_train_dataset",
+                      lambda *a, **kw: made.append((kw["num_threads"], kw["prefetch"])) or make(*a, **kw))
+  eval_made = _spy_on_eval_iterators(monkeypatch)
   workdir = str(tmp_path / "erm")
   result = trainer.train_and_evaluate(config, workdir)
+  # config.data.num_threads threads read the training batches and every evaluation's.
+  assert made == [(2, 4)] and eval_made and set(eval_made) == {(2, 4)}
   bundle = checkpoint.load_for_inference(workdir)
   assert bundle.image_size == config.model.image_size and len(bundle.class_names) == 13
   z, logits = bundle.model.apply(bundle.variables, np.zeros((2, 32, 32, 3), np.float32))
@@ -113,7 +132,7 @@ def test_boda_refresh_schedule():
 
 
 @pytest.mark.parametrize("module", ["boda", "boda_mahalanobis"])
-def test_boda_refresh_matches_direct_statistics(module):
+def test_boda_refresh_matches_direct_statistics(module, monkeypatch):
   from wbcdg_jax.experiment import ExperimentData
   from wbcdg_jax.train_state import count_pairs
 
@@ -122,6 +141,9 @@ def test_boda_refresh_matches_direct_statistics(module):
   # queued batches, and the first batch's moments (the running total) are donated to the second's sum.
   config.data.eval_batch = 4
   assert 4 + 2 > trainer.EVAL_IN_FLIGHT
+  # 5 threads read 5 batches at once (so their results arrive out of order, which grain puts back in order).
+  config.data.num_threads = 5
+  made = _spy_on_eval_iterators(monkeypatch)
   mesh = sharding.make_mesh()
   domains = [MemoryDomain(name, n, seed, image_size=32, num_classes=4) for name, n, seed in (("a", 13, 1), ("b", 9, 2))]
   train_idx = [np.arange(0, 13, 1), np.arange(1, 9)]
@@ -130,6 +152,7 @@ def test_boda_refresh_matches_direct_statistics(module):
   stage = build_stage(config, mesh=mesh, counts=counts)
   state = trainer.refresh_boda(stage.state, stage.eval_fn, stage.moments_fn, data, config=config, mesh=mesh)
   assert bool(state.boda.initialized)
+  assert made == [(5, 5), (5, 5)]  # one iterator per source domain, config.data.num_threads threads each
   variables = {"params": stage.state.params, "batch_stats": stage.state.batch_stats}
   for d, (dom, idx) in enumerate(zip(domains, train_idx)):
     images = np.stack([dom.source[i]["image"] for i in idx])
@@ -142,7 +165,9 @@ def test_boda_refresh_matches_direct_statistics(module):
     assert state.boda.precision.shape == state.boda.means.shape and np.isfinite(state.boda.precision).all()
 
 
-def test_predict_split_keeps_the_order_of_the_indices_over_padded_batches():
+@pytest.mark.parametrize("read_threads", [1, 5])
+def test_predict_split_keeps_the_order_of_the_indices_over_padded_batches(read_threads, monkeypatch):
+  made = _spy_on_eval_iterators(monkeypatch)
   config = tiny_config("erm")
   mesh = sharding.make_mesh()
   domain = MemoryDomain("a", 11, 3, image_size=32, num_classes=4)
@@ -150,7 +175,8 @@ def test_predict_split_keeps_the_order_of_the_indices_over_padded_batches():
   params, batch_stats = stage.state.params, stage.state.batch_stats
   indices = np.asarray([7, 2, 9, 0, 10, 4, 4, 1, 6])  # out of order, one repeated; batches of 4: 4, 4, 1 + padding
   labels, logits = trainer.predict_split(stage.eval_fn, {"params": params, "batch_stats": batch_stats}, domain,
-                                         indices, batch_size=4, mesh=mesh)
+                                         indices, batch_size=4, mesh=mesh, read_threads=read_threads)
+  assert made == [(read_threads, max(4, read_threads))]
   np.testing.assert_array_equal(labels, domain.labels[indices])
   _, expected = stage.eval_fn(params, batch_stats, np.stack([domain.source[i]["image"] for i in indices] +
                                                             [np.zeros((32, 32, 3), np.uint8)] * 3))
