@@ -37,6 +37,10 @@ _TORCH_COMPILE_MODES = flags.DEFINE_list("torch_compile_modes", None, "torch.com
                                          f"each: {', '.join(settings_lib.TORCH_COMPILE_MODES)}.")
 _PROFILE_BATCHES = flags.DEFINE_list("profile_batches", None, "Total batches traced with --profile_dir (default: "
                                      "--batch).")
+_REFRESH_THREADS = flags.DEFINE_list("refresh_threads", None, "Eval reading-thread counts the refresh section "
+                                     "times (config.data.num_threads; default: the config's).")
+_ALT_READERS = flags.DEFINE_list("alt_readers", None, "Other readers the pipeline section times, each 'WxT': W "
+                                 "grain worker processes with T threads each ('none' for none).")
 _INTS = {name: flags.DEFINE_integer(name, None, help_) for name, help_ in (
     ("image_size", "Network input px."), ("stored_size", "Stored / host image px."), ("depth", "ResNet depth."),
     ("batch", "Total batch of the algorithm table."), ("warmup", "Untimed steps after the compiling call."),
@@ -76,10 +80,12 @@ def settings_from_flags() -> settings_lib.Settings:
     overrides["sections"] = tuple(_SECTIONS.value)
   if _TORCH_COMPILE_MODES.value is not None:
     overrides["torch_compile_modes"] = tuple(_TORCH_COMPILE_MODES.value)
+  if _ALT_READERS.value is not None:
+    overrides["alt_readers"] = () if _ALT_READERS.value == ["none"] else tuple(_ALT_READERS.value)
   if _VARIANTS.value is not None:
     overrides["variants"] = () if _VARIANTS.value == ["none"] else tuple(_VARIANTS.value)
   for name, flag in (("torch_batches", _TORCH_BATCHES), ("variant_batches", _VARIANT_BATCHES),
-                     ("profile_batches", _PROFILE_BATCHES)):
+                     ("profile_batches", _PROFILE_BATCHES), ("refresh_threads", _REFRESH_THREADS)):
     if flag.value is not None:
       try:
         overrides[name] = tuple(int(b) for b in flag.value)

@@ -60,18 +60,26 @@ def test_smoke_runs_every_section_and_algorithm():
   erm_torch = next(r for r in torch_rows if r["name"] == "JAX erm")
   assert variants[0]["images_per_s"] == erm_torch["images_per_s"]
 
-  refresh = {r["name"].split(" (")[0]: r for r in sections["refresh"]["rows"]}
-  assert set(refresh) == {"eval forward", "refresh_boda"}
-  assert all(_positive(r["images_per_s"]) for r in refresh.values())
-  assert refresh["refresh_boda"]["ratio"] == pytest.approx(
-      refresh["refresh_boda"]["images_per_s"] / refresh["eval forward"]["images_per_s"])
+  # The forward pass, then the reading alone and the whole refresh at each reading-thread count.
+  refresh = sections["refresh"]["rows"]
+  assert [r["name"].split(" (")[0] + r["name"].split(")")[-1] for r in refresh] == [
+      "eval forward", "eval read [data.num_threads=1]", "refresh_boda [data.num_threads=1]",
+      "eval read [data.num_threads=4]", "refresh_boda [data.num_threads=4]"]
+  assert all(_positive(r["images_per_s"]) for r in refresh)
+  for r in refresh[1:]:
+    assert r["ratio"] == pytest.approx(r["images_per_s"] / refresh[0]["images_per_s"])
+    assert r["ratio_to"] == refresh[0]["name"] and r["note"].endswith("training images per pass")
   pipeline = [r["name"] for r in sections["pipeline"]["rows"]]
   # The smoke builds its synthetic domains, so the records it reads are uncompressed.
-  assert sections["pipeline"]["rows"][0]["note"] == "records stored with compression 'none'"
+  assert sections["pipeline"]["rows"][0]["note"] == ("data.num_workers=0, data.num_threads=4; records stored with "
+                                                     "compression 'none'")
+  other = " [data.num_workers=0+data.num_threads=2]"  # the smoke's alt_readers
   assert pipeline == ["host read (grain, array_record)", "read + device augmentation", "step on device data",
-                      "full loop (pipeline -> step)", "full loop, batches placed inline"]
-  loops = sections["pipeline"]["rows"][-2:]
-  assert [r["note"].split(":")[0] for r in loops] == ["data.prefetch=2", "data.prefetch=0"]
+                      "full loop (pipeline -> step)", "full loop, batches placed inline",
+                      "host read (grain, array_record)" + other, "full loop (pipeline -> step)" + other]
+  assert sections["pipeline"]["rows"][5]["note"].startswith("data.num_workers=0, data.num_threads=2;")
+  loops = [sections["pipeline"]["rows"][i] for i in (3, 4, 6)]
+  assert [r["note"].split(":")[0] for r in loops] == ["data.prefetch=2", "data.prefetch=0", "data.prefetch=2"]
   assert all(r["finite"] and _positive(r["ratio"]) for r in loops)
   assert [k for k in result["targets"] if k.startswith("full loop")] == [f"full loop / step on device at batch "
                                                                           f"{loops[0]['batch']}"]
@@ -308,6 +316,15 @@ def test_settings_errors_name_the_flag():
   with pytest.raises(ValueError, match="--refresh_images=-1 must be >= 0"):
     settings_lib.make_settings("smoke", refresh_images=-1)
   assert settings_lib.make_settings("gpu").refresh_images == 8192
+  with pytest.raises(ValueError, match="--refresh_threads=4,0: thread counts must be >= 1"):
+    settings_lib.make_settings("smoke", refresh_threads=(4, 0))
+  assert settings_lib.make_settings("gpu").refresh_thread_list == (4, 8, 16)
+  assert settings_lib.make_settings("smoke", refresh_threads=()).refresh_thread_list == (4,)  # configs/base.py's
+  assert settings_lib.make_settings("gpu").alt_reader_list == ((12, 4), (0, 8), (0, 16))
+  assert settings_lib.make_settings("smoke", alt_readers=("12X4", "0x1")).alt_reader_list == ((12, 4), (0, 1))
+  for bad in ("8", "0x0", "-1x4", "2x4x1", "ax4"):
+    with pytest.raises(ValueError, match=f"--alt_readers: '{bad}' is not 'WxT'"):
+      settings_lib.make_settings("smoke", alt_readers=(bad,))
 
 
 def test_refresh_pass_repeats_the_training_split_to_the_asked_length():
@@ -334,7 +351,7 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   profile = tmp_path / "profile"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"), "--smoke",
                          "--algorithms=boda", "--sections=steps,scaling", "--scaling_algorithm=boda", f"--json={out}",
-                         "--compile_threads=1",
+                         "--compile_threads=1", "--alt_readers=1X3,0x6", "--refresh_threads=2,5",
                          f"--profile_dir={profile}", "--profile_algorithm=boda"],
                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -352,6 +369,7 @@ def test_launcher_on_two_fake_cpu_devices(tmp_path):
   assert _positive(profiled["wall_ms_per_step"]) and _positive(profiled["busy_share_of_wall"])
   assert "Profile: boda at total batch 8" in proc.stdout and "| model forward |" in proc.stdout
   assert result["meta"]["device_count"] == 2 and result["settings"]["preset"] == "smoke"
+  assert result["settings"]["alt_readers"] == ["1X3", "0x6"] and result["settings"]["refresh_threads"] == [2, 5]
   assert [(r["devices"], r["batch"]) for r in result["sections"]["steps"]["rows"]] == [(2, 8)]
   scaling = result["sections"]["scaling"]["rows"]
   assert [(r["devices"], r["batch"]) for r in scaling] == [(1, 4), (2, 8)]
@@ -363,5 +381,5 @@ def test_pipeline_rows_start_timing_once_every_worker_made_a_batch():
   started = inputs._started  # pylint: disable=protected-access
   for workers, taken in ((0, 1), (1, 1), (12, 12)):
     it = iter(range(100))
-    same, seconds = started(it, settings_lib.make_settings("smoke", num_workers=workers))
+    same, seconds = started(it, workers)
     assert same is it and next(it) == taken and seconds >= 0

@@ -8,9 +8,13 @@ Pipeline rows, at one total batch:
                    thread, config.data.prefetch of them) -> step; and the same with the batches read and placed
                    by the loop's own thread (data.prefetch=0), as the trainer did before session 13.
 The rows that read are timed once each grain worker process has made its first batch (`first_call_s` of the host
-read: that start-up).
-Refresh rows: the eval-mode forward on a device batch (the refresh's compute), and `trainer.refresh_boda` itself
-(grain eval batches -> features -> per-pair moments -> new statistics) over every source training split.
+read: that start-up). Each other reader of `settings.alt_readers` (worker processes x threads) adds a host-read
+and a full-loop row: worker processes hand each batch over through new shared memory, which costs more per batch
+than reading it on 2 CPU cores; threads share the trainer's Python lock.
+Refresh rows: the eval-mode forward on a device batch (the refresh's compute); then, at each reading-thread count
+(config.data.num_threads), the refresh's reading alone (grain eval batches into host memory) and
+`trainer.refresh_boda` itself (grain eval batches -> features -> per-pair moments -> new statistics) over every
+source training split. The pass runs at the slower of its reading and its forward pass: the rows say which.
 """
 
 from __future__ import annotations
@@ -38,17 +42,20 @@ def experiment_data(built: BuiltStep, data_dir: str) -> ExperimentData:
   return load_experiment_data(config)
 
 
-def _host_batches(built: BuiltStep, data: ExperimentData, settings: Settings):
+def _host_batches(built: BuiltStep, data: ExperimentData, settings: Settings, reader: tuple[int, int]):
+  """The trainer's grain batches, read by `reader` = (worker processes, threads in each)."""
+  workers, threads = reader
   return pipeline.make_train_dataset(
       data.sources, data.train_idx, per_domain_batch=int(built.config.data.per_domain_batch), seed=settings.seed,
-      num_workers=settings.num_workers, num_threads=settings.num_threads, prefetch=settings.prefetch,
+      num_workers=workers, num_threads=threads, prefetch=max(int(settings.prefetch), trainer.read_ahead(threads)),
       process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def _device_batches(built: BuiltStep, data: ExperimentData, settings: Settings, prefetch: int | None = None):
+def _device_batches(built: BuiltStep, data: ExperimentData, settings: Settings, reader: tuple[int, int],
+                    prefetch: int | None = None):
   """The trainer's iterator: host batches placed on the mesh, `config.data.prefetch` of them ahead by a thread."""
   prefetch = int(built.config.data.prefetch) if prefetch is None else prefetch
-  return iter(sharding.device_batches(_host_batches(built, data, settings), built.mesh, prefetch=prefetch))
+  return iter(sharding.device_batches(_host_batches(built, data, settings, reader), built.mesh, prefetch=prefetch))
 
 
 def _close(iterator) -> None:
@@ -57,13 +64,13 @@ def _close(iterator) -> None:
     close()
 
 
-def _started(it, settings: Settings):
-  """`it` after one batch from each grain worker process (one batch without workers): each worker makes every
-  num_workers-th batch, so the first batch says only that worker 0 is up. Timed from the first batch, session 13's
-  12 workers were still starting inside the 40 timed batches (the full loop's first window: 19.1 ms a step, the
-  next two 13.9 and 12.8). Returns (it, seconds it took)."""
+def _started(it, workers: int):
+  """`it` after one batch from each of its `workers` grain worker processes (one batch without workers): each
+  worker makes every num_workers-th batch, so the first batch says only that worker 0 is up. Timed from the first
+  batch, session 13's 12 workers were still starting inside the 40 timed batches (the full loop's first window:
+  19.1 ms a step, the next two 13.9 and 12.8). Returns (it, seconds it took)."""
   t0 = time.perf_counter()
-  for _ in range(max(1, int(settings.num_workers))):
+  for _ in range(max(1, workers)):
     next(it)
   return it, time.perf_counter() - t0
 
@@ -84,18 +91,31 @@ def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) ->
   """The pipeline rows for `built`'s algorithm and total batch (ratios against the on-device step)."""
   n = int(settings.pipeline_steps)
   batch = built.total_batch
+  reader = (int(settings.num_workers), int(settings.num_threads))
   rows = []
 
-  it, start_s = _started(iter(_host_batches(built, data, settings)), settings)
-  t0 = time.perf_counter()
-  for _ in range(n):
-    next(it)
-  rows.append(_row("host read (grain, array_record)", built, n * batch, time.perf_counter() - t0,
-                   first_call_s=start_s, note=f"records stored with compression {_record_compression(data)!r}"))
+  def host_read(reader, label=""):
+    it, start_s = _started(iter(_host_batches(built, data, settings, reader)), reader[0])
+    t0 = time.perf_counter()
+    for _ in range(n):
+      next(it)
+    seconds = time.perf_counter() - t0
+    _close(it)
+    return _row("host read (grain, array_record)" + label, built, n * batch, seconds, first_call_s=start_s,
+                note=f"data.num_workers={reader[0]}, data.num_threads={reader[1]}; records stored with "
+                     f"compression {_record_compression(data)!r}")
 
-  _close(it)
+  def full_loop(reader, prefetch, label=""):
+    it, _ = _started(_device_batches(built, data, settings, reader, prefetch=prefetch), reader[0])
+    loop = time_step(built, settings, steps=n, batches=it)
+    _close(it)
+    loop["name"] = ("full loop (pipeline -> step)" if prefetch else "full loop, batches placed inline") + label
+    loop["note"] = (f"data.prefetch={prefetch}: " + ("read and placed ahead by a thread" if prefetch else
+                                                     "read and placed by the loop's thread"))
+    return loop
 
-  it, _ = _started(_device_batches(built, data, settings), settings)
+  rows.append(host_read(reader))
+  it, _ = _started(_device_batches(built, data, settings, reader), reader[0])
   options = augment.AugmentOptions.from_dict(built.config.augment.to_dict())
   key = jax.random.key(settings.seed)
   out_size = int(built.config.model.image_size)
@@ -118,17 +138,12 @@ def time_pipeline(built: BuiltStep, data: ExperimentData, settings: Settings) ->
   rows.append(on_device)
 
   prefetch = int(built.config.data.prefetch)
-  loops = [("full loop (pipeline -> step)", prefetch)]
+  rows.append(full_loop(reader, prefetch))
   if prefetch:  # the trainer's loop reads ahead on a thread: also time it without
-    loops.append(("full loop, batches placed inline", 0))
-  for name, depth in loops:
-    it, _ = _started(_device_batches(built, data, settings, prefetch=depth), settings)
-    loop = time_step(built, settings, steps=n, batches=it)
-    _close(it)
-    loop["name"] = name
-    loop["note"] = (f"data.prefetch={depth}: " + ("read and placed ahead by a thread" if depth else
-                                                  "read and placed by the loop's thread"))
-    rows.append(loop)
+    rows.append(full_loop(reader, 0))
+  for other in settings.alt_reader_list:  # other ways to read: the host read alone and the trainer's loop
+    label = f" [data.num_workers={other[0]}+data.num_threads={other[1]}]"
+    rows += [host_read(other, label), full_loop(other, prefetch, label)]
   for row in rows:
     row["ratio"] = row["images_per_s"] / on_device["images_per_s"]
     row["ratio_to"] = "step on device"
@@ -145,8 +160,30 @@ def _repeated_training_split(data: ExperimentData, images: int) -> tuple[Experim
   return dataclasses.replace(data, train_idx=[np.tile(i, repeats) for i in data.train_idx]), repeats
 
 
+def _eval_read_pass(data: ExperimentData, *, batch_size: int, threads: int) -> None:
+  """Reads every source's training batches into host memory as `trainer.refresh_boda` reads them (this process's
+  rows, `threads` threads each reading whole batches), placing nothing on the devices."""
+  for domain, idx in zip(data.sources, data.train_idx):
+    batches, _ = pipeline.make_eval_iterator(domain, idx, batch_size=batch_size, process_index=jax.process_index(),
+                                             process_count=jax.process_count(), num_threads=threads,
+                                             prefetch=trainer.read_ahead(threads))
+    for _ in batches:
+      pass
+
+
+def _passes(run, count: int) -> list[float]:
+  """Seconds of each of `count` calls of run()."""
+  seconds = []
+  for _ in range(count):
+    t0 = time.perf_counter()
+    run()
+    seconds.append(time.perf_counter() - t0)
+  return seconds
+
+
 def time_refresh(built: BuiltStep, data: ExperimentData, settings: Settings) -> list[dict[str, Any]]:
-  """Eval-forward and full-refresh rows for a BoDA step's model."""
+  """Eval-forward, eval-read and full-refresh rows for a BoDA step's model, the last two at each reading-thread
+  count of `settings.refresh_thread_list` (config.data.num_threads)."""
   config, st, mesh = built.config, built.stage, built.mesh
   eval_batch = int(config.data.eval_batch)
   sharding.check_global_batch(eval_batch, mesh, "config.data.eval_batch")
@@ -164,28 +201,38 @@ def time_refresh(built: BuiltStep, data: ExperimentData, settings: Settings) -> 
     return out
 
   timing = timed_windows(forward, warmup=settings.warmup, steps=settings.steps, repeats=settings.repeats)
-  rows = [{"name": "eval forward (device data)", "batch": eval_batch, "devices": built.num_devices,
-           "images_per_s": eval_batch / timing["step_s"], "step_ms": 1e3 * timing["step_s"],
-           "first_call_s": timing["first_call_s"], "compile_s": max(timing["first_call_s"] - timing["step_s"], 0.0)}]
+  forward_row = {"name": "eval forward (device data)", "batch": eval_batch, "devices": built.num_devices,
+                 "images_per_s": eval_batch / timing["step_s"], "step_ms": 1e3 * timing["step_s"],
+                 "first_call_s": timing["first_call_s"],
+                 "compile_s": max(timing["first_call_s"] - timing["step_s"], 0.0)}
+  rows = [forward_row]
 
   data, repeats = _repeated_training_split(data, int(settings.refresh_images))
   num_images = int(sum(len(i) for i in data.train_idx))
-  state = built.state
-  seconds = []
-  for _ in range(1 + settings.repeats):  # the first pass compiles the eval and moment functions
-    t0 = time.perf_counter()
-    refreshed = trainer.refresh_boda(state, st.eval_fn, st.moments_fn, data, config=config, mesh=mesh)
-    jax.block_until_ready(refreshed.boda)
-    seconds.append(time.perf_counter() - t0)
-  if not bool(refreshed.boda.initialized):
-    raise RuntimeError("benchmark: trainer.refresh_boda left the BoDA statistics uninitialised")
-  step_s = statistics.median(seconds[1:])
-  rows.append({"name": "refresh_boda (grain eval batches, features, moments)", "batch": eval_batch,
-               "devices": built.num_devices, "images_per_s": num_images / step_s,
-               "step_ms": 1e3 * step_s * eval_batch / num_images, "first_call_s": seconds[0],
-               "note": f"{num_images} training images per pass"
-                       + (f" (the split's indices {repeats} times)" if repeats > 1 else "")})
-  # How close the pass comes to its forward pass alone (session 13, one H100, serial: 1,628 / 25,999 = 0.06x).
-  rows[1]["ratio"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
-  rows[1]["ratio_to"] = "eval forward (device data)"
+  passes = 1 + min(int(settings.repeats), 2)  # each row reads the split that often: keep a row to seconds
+  note = f"{num_images} training images per pass" + (f" (the split's indices {repeats} times)" if repeats > 1 else "")
+
+  def row(name: str, threads: int, seconds: list[float]) -> dict[str, Any]:
+    step_s = statistics.median(seconds[1:])  # the first pass starts the reading threads (and compiles)
+    # How close it comes to the forward pass alone (session 13, one H100, serial refresh: 1,628 / 25,999 = 0.06x).
+    return {"name": f"{name} [data.num_threads={threads}]", "batch": eval_batch, "devices": built.num_devices,
+            "images_per_s": num_images / step_s, "step_ms": 1e3 * step_s * eval_batch / num_images,
+            "first_call_s": seconds[0], "note": note, "ratio": num_images / step_s / forward_row["images_per_s"],
+            "ratio_to": forward_row["name"]}
+
+  for threads in settings.refresh_thread_list:
+    read = _passes(lambda: _eval_read_pass(data, batch_size=eval_batch, threads=threads), passes)
+    rows.append(row("eval read (grain eval batches, host only)", threads, read))
+    threaded = config.copy_and_resolve_references()
+    threaded.data.num_threads = int(threads)
+    refreshed = None
+
+    def refresh():
+      nonlocal refreshed
+      refreshed = trainer.refresh_boda(built.state, st.eval_fn, st.moments_fn, data, config=threaded, mesh=mesh)
+      jax.block_until_ready(refreshed.boda)
+
+    rows.append(row("refresh_boda (grain eval batches, features, moments)", threads, _passes(refresh, passes)))
+    if not bool(refreshed.boda.initialized):
+      raise RuntimeError("benchmark: trainer.refresh_boda left the BoDA statistics uninitialised")
   return rows

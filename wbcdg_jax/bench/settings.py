@@ -71,8 +71,12 @@ class Settings:
       (the records are read again) until they add up to it, so that a pass is long enough to time its steady
       state (0: the training split once; session 13's gpu run timed 543 images, 5 batches of 128, where a paper
       run refreshes ~26,300).
+    refresh_threads: the reading-thread counts (config.data.num_threads) the refresh section times the reading
+      and the refresh at (empty: the config's).
     num_workers, num_threads, prefetch: grain reading processes, threads and read-ahead batches (the defaults are
       the trainer's; raise them to find the pipeline's limit, keeping prefetch >= num_threads).
+    alt_readers: other ways to read the pipeline section times beside num_workers x num_threads (a host-read and
+      a full-loop row each), as 'WxT': W grain worker processes (0: the trainer's process) with T threads each.
     fast_compile: compile with XLA's backend optimisations off (the smoke: faster compiles, slower steps).
     compilation_cache_dir: JAX persistent compilation cache ('' = off; reported compile times are then loads).
     profile_dir: if set, a jax.profiler trace of a few steps of `profile_algorithm` at each total batch of
@@ -110,9 +114,11 @@ class Settings:
   data_dir: str = ""
   synthetic_scale: float = 0.02
   refresh_images: int = 0
+  refresh_threads: tuple[int, ...] = ()
   num_workers: int = 0
   num_threads: int = 4
   prefetch: int = 4
+  alt_readers: tuple[str, ...] = ()
   fast_compile: bool = False
   compilation_cache_dir: str = ""
   profile_dir: str = ""
@@ -149,6 +155,9 @@ class Settings:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1")
     if int(self.refresh_images) < 0:
       raise ValueError(f"--refresh_images={self.refresh_images} must be >= 0")
+    _ = self.alt_reader_list  # raises on a malformed reader
+    if any(int(t) < 1 for t in self.refresh_threads):
+      raise ValueError(f"--refresh_threads={','.join(map(str, self.refresh_threads))}: thread counts must be >= 1")
     if self.stored_size < self.image_size:
       raise ValueError(f"--stored_size={self.stored_size} is smaller than --image_size={self.image_size}")
 
@@ -156,6 +165,27 @@ class Settings:
   def variant_batch_list(self) -> tuple[int, ...]:
     """The total batches the variants are timed at: variant_batches, or else torch_batches."""
     return self.variant_batches or self.torch_batches
+
+  @property
+  def alt_reader_list(self) -> tuple[tuple[int, int], ...]:
+    """alt_readers as (worker processes, threads) pairs."""
+    out = []
+    for reader in self.alt_readers:
+      parts = str(reader).lower().split("x")
+      try:
+        workers, threads = (int(p) for p in parts)
+      except ValueError:
+        workers = threads = -1
+      if workers < 0 or threads < 1:
+        raise ValueError(f"--alt_readers: {reader!r} is not 'WxT' (W >= 0 grain worker processes, T >= 1 threads "
+                         f"each), e.g. 0x8")
+      out.append((workers, threads))
+    return tuple(out)
+
+  @property
+  def refresh_thread_list(self) -> tuple[int, ...]:
+    """The eval reading-thread counts of the refresh rows: refresh_threads, or else configs/base.py's."""
+    return tuple(int(t) for t in self.refresh_threads) or (int(_base_config()["data"]["num_threads"]),)
 
   @property
   def profile_batch_list(self) -> tuple[int, ...]:
@@ -187,19 +217,23 @@ _GPU_VARIANTS = ("max_pool=taps+train.o_major_kernels=false", "optim.flatten=tru
 # The gpu preset's repeats=5: at batch 64 the host's launches leave the GPU waiting now and then, and session 13's
 # 3 windows a step spread by 7-15% (ERM 10.18-10.90 ms, BoDA 10.46-11.88; at 256 by 0.1%); a window of 20 steps
 # takes 0.2 s there.
+# The gpu preset's readers: the trainer's default (0 worker processes, 4 threads) first, as the loop target is the
+# trainer's; session 13 read with 12 worker processes, and the host read (6,161 images/s at batch 64) was the
+# step's rate (6,204), which kept the full loop at 0.74x: on 2 CPU cores a worker process hands a batch over
+# through new shared memory at ~3x the cost of reading it in a thread (2,006-2,230 against 6,036 images/s).
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(config_preset="paper", image_size=224, stored_size=256, depth=50, dtype="bfloat16", batch=64,
                 torch_batches=(64, 256), warmup=5, steps=20, repeats=5, pipeline_steps=40, torch_timeout_s=420,
-                refresh_images=8192,
+                refresh_images=8192, refresh_threads=(4, 8, 16), alt_readers=("12x4", "0x8", "0x16"),
                 torch_compile_modes=("default", "reduce-overhead"),
                 variants=_GPU_VARIANTS, variant_batches=(64, 256), compile_threads=8, compile_ahead=True,
                 compile_seeds=True, profile_batches=(64, 256)),
     "cpu": dict(config_preset="quick", image_size=64, stored_size=64, depth=10, dtype="float32", batch=32,
-                torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6,
+                torch_batches=(32,), warmup=1, steps=3, repeats=3, pipeline_steps=6, refresh_threads=(2, 4),
                 variants=_CPU_VARIANTS),
     "smoke": dict(config_preset="tiny", image_size=32, stored_size=32, depth=10, dtype="float32", batch=8,
                   torch_batches=(8,), warmup=1, steps=2, repeats=1, pipeline_steps=2, synthetic_scale=0.004,
-                  torch_compile="off", fast_compile=True,
+                  torch_compile="off", fast_compile=True, refresh_threads=(1, 4), alt_readers=("0x2",),
                   variants=("+".join(v for v in _CPU_VARIANTS if v not in ("max_pool=slices", "max_pool=taps")),),
                   compile_threads=2),
 }
