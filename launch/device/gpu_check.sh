@@ -14,9 +14,12 @@
 #          in the time left of a 10-minute call, the GPU test subset                                  (~8-9 min)
 #   steps  every algorithm's step at batch 64, and the profile                                       (~2-4 min)
 #   torch  the PyTorch reference at 64 and 256, JAX ERM/BoDA beside it, the model variants            (~5-7 min)
-#   rest   input pipeline, BoDA refresh, scaling, the GPU test subset                                 (~3-4 min)
+#   rest   input pipeline (read as the trainer reads by default, in threads, and also by 12x4, 0x8 and 0x16
+#          worker processes x threads), BoDA refresh (4, 8, 16 reading threads), scaling, the GPU test subset
+#                                                                                                     (~3-4 min)
 # A session has 15 device minutes, machine start included (~30 s): `full`, then `rest` on the still-warm machine
-# (session 13: 172 s with the compilation cache of `full`), then give the machine back.
+# (session 13: 172 s with the compilation cache of `full`, before the readers and thread counts were added) with
+# LIMIT=220 TEST_LIMIT=0 (the GPU tests ran in `full`'s time left), then give the machine back.
 # dry run here: PYTHON=/path/to/venv/bin/python WHEELS=0 BENCH_ARGS=--smoke OUT=/tmp/dry bash ... PART
 # then, here: python launch/benchmark.py --merge=<the parts' JSON files> --json=... gives one table and the targets.
 #
@@ -68,7 +71,8 @@ profile_files() {  # per traced batch (a folder boda_<batch>): three summaries (
 gpu_tests() {  # gpu_tests SECONDS: the models, train steps and the augmentation (separate planes on a GPU) keep
   # their contracts on the GPU (float32 matmuls: the tests compare to 1e-5). One process (the addopts' pytest-xdist
   # workers would each claim the GPU, and the image may lack xdist), -q once: a second -q drops the count of passed
-  # tests, and the warnings would push it out of the last 8 lines.
+  # tests, and the warnings would push it out of the last 8 lines. 0 seconds: none.
+  [ "$1" -gt 0 ] || return 0
   JAX_DEFAULT_MATMUL_PRECISION=float32 timeout "$1" "$PY" -m pytest -x -rfE -p no:cacheprovider -p no:warnings \
     -p no:xdist -o addopts="-q -m 'not slow'" \
     tests/models/test_resnet.py tests/train/test_train_step.py tests/test_augment.py -k "not sharded" 2>&1 \
@@ -80,7 +84,7 @@ case "$PART" in
     rm -rf /tmp/wbcdg_profile
     sections=${FULL_SECTIONS:-steps,torch,variants}
     [ "$sections" = all ] && sections=steps,torch,variants,refresh,pipeline,scaling
-    LIMIT=${FULL_LIMIT:-550} bench full --sections="$sections" --num_workers="${NUM_WORKERS:-12}" \
+    LIMIT=${FULL_LIMIT:-550} bench full --sections="$sections" ${NUM_WORKERS:+--num_workers=$NUM_WORKERS} \
       --torch_timeout_s="${TORCH_LIMIT:-200}" --profile_dir=/tmp/wbcdg_profile --compilation_cache_dir=/tmp/jax_cache
     profile_files
     left=$(( ${CALL_LIMIT:-585} - SECONDS ))
@@ -93,7 +97,7 @@ case "$PART" in
     bench torch --sections=torch,variants --torch_timeout_s="${TORCH_LIMIT:-200}" \
       --compilation_cache_dir=/tmp/jax_cache ;;
   rest)
-    bench rest --sections=refresh,pipeline,scaling --num_workers="${NUM_WORKERS:-12}" \
+    bench rest --sections=refresh,pipeline,scaling ${NUM_WORKERS:+--num_workers=$NUM_WORKERS} \
       --compilation_cache_dir=/tmp/jax_cache
     gpu_tests "${TEST_LIMIT:-150}" ;;
   *) echo "usage: $0 full|steps|torch|rest" >&2; exit 2 ;;
