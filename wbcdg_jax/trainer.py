@@ -71,15 +71,21 @@ def read_ahead(threads: int) -> int:
   return max(4, threads)
 
 
+def eval_host_batches(domain, indices: np.ndarray, *, batch_size: int, domain_index: int = 0,
+                      read_threads: int = EVAL_READ_THREADS):
+  """This process's padded evaluation batches of `indices` in host memory, read by `read_threads` threads (each
+  reads whole batches, so as many batches are read at once). Returns (iterator, number of batches)."""
+  return pipeline.make_eval_iterator(domain, indices, batch_size=batch_size, domain_index=domain_index,
+                                     process_index=jax.process_index(), process_count=jax.process_count(),
+                                     num_threads=read_threads, prefetch=read_ahead(read_threads))
+
+
 def _eval_batches(domain, indices: np.ndarray, *, batch_size: int, mesh, domain_index: int = 0,
                   read_threads: int = EVAL_READ_THREADS):
-  """This process's padded evaluation batches of `indices`, read by `read_threads` threads (each reads whole
-  batches, so as many batches are read at once) and placed on the mesh EVAL_READ_AHEAD batches ahead by another
-  thread (`sharding.device_batches`). Returns (iterator, number of batches); close the iterator when done."""
-  host, num_batches = pipeline.make_eval_iterator(domain, indices, batch_size=batch_size, domain_index=domain_index,
-                                                  process_index=jax.process_index(),
-                                                  process_count=jax.process_count(), num_threads=read_threads,
-                                                  prefetch=read_ahead(read_threads))
+  """`eval_host_batches`, placed on the mesh EVAL_READ_AHEAD batches ahead by another thread
+  (`sharding.device_batches`). Returns (iterator, number of batches); close the iterator when done."""
+  host, num_batches = eval_host_batches(domain, indices, batch_size=batch_size, domain_index=domain_index,
+                                        read_threads=read_threads)
   return iter(sharding.device_batches(host, mesh, prefetch=EVAL_READ_AHEAD)), num_batches
 
 

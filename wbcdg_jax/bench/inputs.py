@@ -164,9 +164,7 @@ def _eval_read_pass(data: ExperimentData, *, batch_size: int, threads: int) -> N
   """Reads every source's training batches into host memory as `trainer.refresh_boda` reads them (this process's
   rows, `threads` threads each reading whole batches), placing nothing on the devices."""
   for domain, idx in zip(data.sources, data.train_idx):
-    batches, _ = pipeline.make_eval_iterator(domain, idx, batch_size=batch_size, process_index=jax.process_index(),
-                                             process_count=jax.process_count(), num_threads=threads,
-                                             prefetch=trainer.read_ahead(threads))
+    batches, _ = trainer.eval_host_batches(domain, idx, batch_size=batch_size, read_threads=threads)
     for _ in batches:
       pass
 
