@@ -38,6 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (other px_per_um, label_source or table), name the one to use by its directory below
   # <data_dir>/labelled_folders/, e.g. ("mylab-px11.5-folder-map1a2b3c4d-s256-fov25",)
   c.data.stored_variants = ()
+  # Further builder options, by domain: a builder's name ("synthetic_wbc") applies to all its domains, a full
+  # registry name ("synthetic_wbc/matek19_like") to that one and wins over the builder's. They select the stored
+  # variant, as launch/build_data.py's flags of the same name built it; e.g. train on Acevedo without its odd-sized
+  # images with --config.data.domain_options.acevedo20.drop_odd_sized=True. image_size, fov_um and scale come from
+  # the fields above (wbcdg_jax/experiment.py:builder_options, domain_options_problems).
+  c.data.domain_options = ml_collections.ConfigDict({"acevedo20": {"drop_odd_sized": False}})
   c.data.num_folds = 5
   c.data.fold = 0  # fold k of num_folds is the validation split of every domain
   c.data.target_split = "fold"  # 'fold': the target's fold-k part is its test split; 'all': all target images

@@ -561,9 +561,26 @@ class FolderBuilder(WbcBuilder, skip_registration=True):
     return self._select(found, report)
 
   def _files(self, root: pathlib.Path) -> Iterator[tuple[pathlib.Path, str]]:
-    """(absolute path, path relative to root) of every file below root, sorted."""
-    for dirpath, dirnames, filenames in os.walk(root):
-      dirnames.sort()
+    """(absolute path, path relative to root) of every file below root, sorted.
+
+    Folders that are symbolic links are followed (a lab's data is often assembled from links to class folders
+    kept elsewhere; `_find_root` and the empty-folder check follow them too). A link to the folder itself or to
+    one of its ancestors would loop forever, so such a link is skipped (and logged). Two links to one folder
+    that is no ancestor are both read: the duplicate rules then see the same files under both names.
+    """
+    ancestors = {os.fspath(root): (os.path.realpath(root),)}  # dirpath -> realpaths of it and its ancestors
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+      chain = ancestors.pop(dirpath)
+      kept = []
+      for dirname in sorted(dirnames):
+        real = os.path.realpath(os.path.join(dirpath, dirname))
+        if real in chain:
+          _log.warning("%s: skipped %s, a link back to %s (following it would loop)", self.registry_name,
+                       os.path.join(dirpath, dirname), real)
+          continue
+        kept.append(dirname)
+        ancestors[os.path.join(dirpath, dirname)] = chain + (real,)
+      dirnames[:] = kept
       for filename in sorted(filenames):
         full = pathlib.Path(dirpath) / filename
         yield full, full.relative_to(root).as_posix()

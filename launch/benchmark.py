@@ -17,6 +17,7 @@ import os
 import _paths  # noqa: F401  (repository root on sys.path)
 from absl import app, flags, logging
 
+from wbcdg_jax import files
 from wbcdg_jax.bench import report, runner, settings as settings_lib
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", sorted(settings_lib.PRESETS), "Starting values of every setting.")
@@ -120,10 +121,7 @@ def main(argv):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
   def save(result):  # after every section, so that a run cut short keeps what it measured
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    files.write_json(path, result, indent=1)
 
   if not _MERGE.value:
     result = runner.run_benchmark(settings, on_section=save)

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from configs import boda, boda_decoupled, coral, erm
 from wbcdg_jax import config_validation as cv
-from wbcdg_jax import protocol, trainer
+from wbcdg_jax import checkpoint, protocol, trainer
 from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,7 +179,10 @@ def test_dataset_names_are_checked_before_anything_is_read(field, value, fragmen
     ("augment.crop_scale", (0.9, 0.5), "config.augment.crop_scale must be (lo, hi)"),
     ("dann.schedule", "linear", "config.dann.schedule='linear' is not one of ['ganin', 'constant']"),
     ("boda.temperature", 0.0, "config.boda.temperature=0.0 must be > 0"),
-    ("boda.momentum", 1.5, "config.boda.momentum=1.5 must be in [0, 1]"),
+    ("boda.momentum", 1.5, "config.boda.momentum=1.5 must be in [0, 1)"),
+    ("boda.momentum", 1.0, "config.boda.momentum=1.0 must be in [0, 1)"),  # 1 never updates the statistics
+    ("seed", -1, "config.seed=-1 must be in [0, 2147483648)"),
+    ("seed", 2**32, "config.seed=4294967296 must be in [0, 2147483648)"),  # jax.random.key would wrap it to 0
     ("boda.metric", "cosine", "config.boda.metric='cosine' is not one of ['euclidean', 'mahalanobis']"),
     ("boda.shrinkage", "1.5", "config.boda.shrinkage='1.5' is outside [0, 1]"),
     ("boda.shrinkage", "lw", "config.boda.shrinkage='lw' is not 'auto', 'ledoit_wolf' or a number"),
@@ -211,10 +214,40 @@ def test_missing_or_unfinished_stage1_workdir_is_named(tmp_path):
   (tmp_path / "stage1").mkdir()
   _raises(config, "holds no best/ model", error=FileNotFoundError)
   (tmp_path / "stage1" / "best").mkdir()
+  _raises(config, "holds no config.json")
+  checkpoint.save_config(str(tmp_path / "stage1"), config)
   cv.validate_config(config)
   config = erm.get_config("tiny")
   config.init.stage1_workdir = str(tmp_path / "stage1")
   _raises(config, "config.init.stage1_workdir is set but config.algorithm='erm' has no stage 2")
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("data.fold", 1, "data.fold"), ("seed", 1, "seed"), ("data.target", "", "data.target"),
+    ("data.sources", ("synthetic_wbc/acevedo20_like", "synthetic_wbc/matek19_like"), "data.sources"),
+    ("model.depth", 18, "model.depth"),
+    ("data.domain_options.acevedo20.drop_odd_sized", True, "data.domain_options")])
+def test_stage1_workdir_must_share_the_data_split_and_encoder(tmp_path, field, value, named):
+  # Stage 2 re-splits the data by its own config: another fold, seed (which draws the folds) or domain set would
+  # validate and test on images the stage-1 encoder trained on.
+  stage1 = boda_decoupled.get_config("tiny")
+  (tmp_path / "best").mkdir()
+  checkpoint.save_config(str(tmp_path), stage1)
+  config = protocol.apply_overrides(stage1, [f"{field}={value}"])
+  config.init.stage1_workdir = str(tmp_path)
+  _raises(config, f"config.{named}=", "differs from the stage-1 run's")
+  config = boda_decoupled.get_config("tiny")
+  config.init.stage1_workdir = str(tmp_path)
+  config.decoupled.steps, config.model.dropout = 7, 0.1  # stage 2's own settings may differ
+  cv.validate_config(config)
+
+
+def test_boda_must_switch_on_before_the_run_ends():
+  config = boda.get_config("quick")
+  config.train.steps = 50
+  _raises(config, "config.boda.start_step=60 >= config.train.steps=50: the BoDA term would never switch on")
+  config.boda.weight = 0.0  # no BoDA term: nothing to switch on
+  cv.validate_config(config)
 
 
 def test_trainer_keeps_its_names():

@@ -179,6 +179,17 @@ def test_crossval_runs_each_fold_once_and_aggregates(tmp_path):
     protocol.run_crossval(_tiny_config(), wd, folds=[2], train_fn=fake)
 
 
+def test_crossval_refuses_one_stage1_run_for_several_folds(tmp_path):
+  # Fold j's validation images are in fold i's training split: one stage-1 encoder cannot serve every fold.
+  fake = FakeTrainer()
+  config = protocol.apply_overrides(_tiny_config("boda_decoupled"), [f"init.stage1_workdir={tmp_path / 's1'}"])
+  with pytest.raises(ValueError, match="config.init.stage1_workdir=.* cannot serve folds \\[0, 1\\]"):
+    protocol.run_crossval(config, str(tmp_path / "cv"), train_fn=fake)
+  assert not fake.calls
+  protocol.run_crossval(config, str(tmp_path / "cv"), folds=[0], train_fn=fake)
+  assert len(fake.calls) == 1
+
+
 def test_leave_one_domain_out_holds_out_each_domain(tmp_path):
   fake = FakeTrainer()
   config = _tiny_config("boda")
@@ -222,6 +233,24 @@ def test_overrides_parse_types_and_name_bad_fields():
     protocol.apply_overrides(_tiny_config(), ["optim.lr"])
   with pytest.raises(ValueError, match="configs/nope.py"):
     protocol.load_algorithm_config("nope", "tiny")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.steps=1e3", "'1e3' is not an integer (config.train.steps is of type int)"),
+    ("optim.lr=1e-4x", "'1e-4x' is not a number (config.optim.lr is of type float)"),
+    ("augment.enabled=yes", "'yes' is not a boolean"),
+    ("augment.crop_scale=0.7,big", "'big' is not a number")])
+def test_override_values_that_do_not_parse_name_the_field(override, message):
+  with pytest.raises(ValueError) as err:
+    protocol.apply_overrides(_tiny_config(), [override])
+  assert f"override {override!r}: {message}" in str(err.value)
+
+
+def test_tuple_overrides_take_bare_comma_separated_items():
+  c = protocol.apply_overrides(_tiny_config(), ["data.sources=synthetic_wbc/matek19_like, synthetic_wbc/int20_like",
+                                                "augment.crop_scale=0.5,1"])
+  assert c.data.sources == ("synthetic_wbc/matek19_like", "synthetic_wbc/int20_like")
+  assert c.augment.crop_scale == (0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------------------- compilation cache

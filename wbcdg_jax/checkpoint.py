@@ -3,7 +3,8 @@
 Layout of a work directory (one training stage):
 
   config.json              the exact config of the run (written before any compute)
-  checkpoints/<step>/      latest states for resuming: `state` (TrainState) + `data_iter` (grain iterator state)
+  checkpoints/<step>/      latest states for resuming: `state` (TrainState) + `data_iter` (grain iterator state;
+                           the step's metadata says which reader wrote it: `reader`)
   best/<step>/             the model selected by source-validation F1-macro: `model` (params, batch_stats) +
                            `metrics` (JSON)
 
@@ -23,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from data_pipelines import pipeline
+from wbcdg_jax import files
 from wbcdg_jax.classes import CLASS_NAMES
 from wbcdg_jax.models import IMPLEMENTATION_FIELDS
 
@@ -41,11 +43,19 @@ class StateCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iter: Any) -> None:
+  def save(self, step: int, state: Any, data_iter: Any, *, reader: dict | None = None) -> None:
+    """Saves `state` and `data_iter`'s grain state as `step`; `reader` (JSON) describes the iterator whose
+    state this is (`reader_of` returns it): grain's state has a layout of its own per number of worker processes."""
     args = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
       args["data_iter"] = pipeline.iterator_save_args(data_iter)
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=True,
+                      custom_metadata={"reader": reader} if reader is not None else None)
+
+  def reader_of(self, step: int) -> dict | None:
+    """The `reader` saved with `step`, or None (none given, or a checkpoint from before the field)."""
+    metadata = self.manager.metadata(step)
+    return dict((getattr(metadata, "custom_metadata", None) or {}).get("reader") or {}) or None
 
   def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
     """Restores the state into the shardings of `abstract_state`; restores `data_iter` in place."""
@@ -107,7 +117,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes config.json (only from process 0)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    with files.atomic_open(os.path.join(workdir, CONFIG_FILE)) as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 

@@ -11,7 +11,9 @@ and what was expected, and all problems of a pass are reported together:
   3. values: ranges and choices (positive sizes, steps and learning rates, known depth/head/dtype/...), and the
      rules that tie fields together (the target is not a source, alignment terms need two sources, the fold
      is in range, stage1_workdir only for decoupled algorithms);
-  4. files: init.checkpoint and init.stage1_workdir exist.
+  4. files: init.checkpoint and init.stage1_workdir exist;
+  5. a stage-1 run reused by stage 2 (init.stage1_workdir) split and read the same data with the same encoder
+     (its config.json: `STAGE1_SHARED`).
 
 `validate_data(config, data)` checks, once the domains are open, that the model's class count matches the label
 space each stored domain was built with.
@@ -60,7 +62,7 @@ CHOICES: dict[str, tuple] = {
 }
 # (field, lowest allowed value, whether the lowest value itself is allowed)
 RANGES: tuple[tuple[str, float, bool], ...] = (
-    ("seed", 0, True), ("data.synthetic_scale", 0, False), ("data.stored_size", 1, True), ("data.fov_um", 0, False),
+    ("data.synthetic_scale", 0, False), ("data.stored_size", 1, True), ("data.fov_um", 0, False),
     ("data.num_folds", 2, True), ("data.per_domain_batch", 1, True), ("data.eval_batch", 1, True),
     ("data.num_threads", 1, True), ("data.num_workers", 0, True), ("data.prefetch", 0, True),
     ("model.image_size", 1, True), ("model.mlp_width", 1, True), ("optim.lr", 0, False),
@@ -72,9 +74,14 @@ RANGES: tuple[tuple[str, float, bool], ...] = (
     ("boda.nu", 0, True), ("boda.temperature", 0, False), ("boda.start_step", 0, True),
     ("boda.feat_update_freq", 1, True), ("decoupled.steps", 1, True), ("decoupled.lr", 0, False),
 )
+# jax.random.key keeps 32 bits of a seed (2**32 gives seed 0's draws, while numpy's data order and folds differ),
+# and stage 2 seeds with seed + 1000: seeds stay below 2**31.
+SEED_LIMIT = 2**31
 # (field, upper bound, whether the bound itself is allowed); these fields are also >= 0
 UPPER: tuple[tuple[str, float, bool], ...] = (
-    ("model.dropout", 1, False), ("dann.dropout", 1, False), ("boda.momentum", 1, True),
+    ("model.dropout", 1, False), ("dann.dropout", 1, False),
+    ("boda.momentum", 1, False),  # 1 would keep the first refresh's statistics for the whole run
+    ("seed", SEED_LIMIT, False),
 )
 
 
@@ -101,13 +108,18 @@ def reference_config() -> tuple[ml_collections.ConfigDict, set[str]]:
   Returns:
     (reference config, dotted names of the optional fields, e.g. 'config.augment.crop_ratio').
   """
-  ref, optional = base.get_config(), set()
+  ref, optional = base.get_config(), set(FREE_FORM)
   with ref.unlocked():
     for f in dataclasses.fields(AugmentOptions):
       if f.name not in ref.augment:
         ref.augment[f.name] = f.default
         optional.add(f"config.augment.{f.name}")
   return ref, optional
+
+
+# Sections whose keys are the user's (domain names), not a schema's, and which configs saved before them lack:
+# their contents are checked by the code that reads them (experiment.domain_options_problems, in pass 3).
+FREE_FORM = ("config.data.domain_options",)
 
 
 def _as_dict(value: Any) -> dict | None:
@@ -175,6 +187,8 @@ def _structure_and_types(ref: dict, user: dict, prefix: str, optional: set[str],
       problems.append(f"{name} is not a known field{hint}")
       continue
     ref_sub, user_sub = _as_dict(ref[key]), _as_dict(user[key])
+    if name in FREE_FORM:
+      continue
     if ref_sub is not None:
       if user_sub is None:
         problems.append(f"{name} should be a section (ConfigDict) with fields {', '.join(ref_sub)}, got "
@@ -198,6 +212,14 @@ def _get(config: Any, dotted: str) -> Any:
   for part in dotted.split("."):
     config = config[part]
   return config
+
+
+def _has(config: Any, dotted: str) -> bool:
+  for part in dotted.split("."):
+    if part not in config:
+      return False
+    config = config[part]
+  return True
 
 
 def boda_shrinkage(value: str) -> float | str | None:
@@ -254,11 +276,14 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
     value = _get(config, field)
     bad = not math.isfinite(value) or value < 0 or (value > high if inclusive else value >= high)
     if bad:
-      problems.append(f"config.{field}={value!r} must be in [0, {high:g}{']' if inclusive else ')'}")
+      problems.append(f"config.{field}={value!r} must be in [0, {high}{']' if inclusive else ')'}")
   try:
     boda_shrinkage(config.boda.shrinkage)
   except ValueError as e:
     problems.append(str(e))
+  from wbcdg_jax import experiment  # local import: TFDS is only needed once data fields are checked
+
+  problems += experiment.domain_options_problems(config)
   try:
     AugmentOptions.from_dict(config.augment)
   except ValueError as e:  # AugmentOptions names its field as AugmentOptions.<field>.
@@ -293,6 +318,49 @@ def _value_problems(config: ml_collections.ConfigDict) -> list[str]:
                     f"(config.data.num_folds={config.data.num_folds})")
   if config.init.stage1_workdir and "decoupled" not in terms:
     problems.append(f"config.init.stage1_workdir is set but config.algorithm={config.algorithm!r} has no stage 2")
+  if ("boda" in terms and config.boda.weight > 0 and not config.init.stage1_workdir
+      and config.boda.start_step >= config.train.steps):
+    problems.append(f"config.boda.start_step={config.boda.start_step} >= config.train.steps={config.train.steps}: "
+                    f"the BoDA term would never switch on (the run would train {config.algorithm!r} without it); "
+                    f"lower config.boda.start_step or train longer")
+  return problems
+
+
+# Fields a stage-1 run must share with the stage 2 that reuses its encoder (config.init.stage1_workdir): the
+# domains and their stored variants, and the fold split (which the seed draws), so that stage 2's source-validation
+# and target images were never stage-1 training images; and the encoder's architecture and input size.
+STAGE1_SHARED = ("seed", "data.sources", "data.target", "data.target_split", "data.num_folds", "data.fold",
+                 "data.stored_size", "data.fov_um", "data.synthetic_scale", "data.stored_variants",
+                 "data.domain_options", "model.depth", "model.image_size")
+
+
+def _plain(value: Any) -> Any:
+  """A config value as JSON would hold it (tuples as lists, sections as dicts), for comparing with config.json."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return json.loads(json.dumps(value))
+
+
+def _stage1_problems(config: ml_collections.ConfigDict, stage1: str) -> list[str]:
+  """Differences between this config and that of the stage-1 run in `stage1` (its config.json)."""
+  path = os.path.join(stage1, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    return [f"config.init.stage1_workdir={stage1!r} holds no config.json: not a stage-1 run of this project"]
+  except json.JSONDecodeError as e:
+    return [f"config.init.stage1_workdir={stage1!r}: {path} is not valid JSON ({e})"]
+  problems = []
+  for field in STAGE1_SHARED:
+    mine = _plain(_get(config, field)) if _has(config, field) else None
+    theirs = _get(saved, field) if _has(saved, field) else None
+    if field == "data.domain_options" and theirs is None:  # a stage-1 run from before the field
+      continue
+    if mine != theirs:
+      problems.append(f"config.{field}={mine!r} differs from the stage-1 run's {theirs!r} ({path}): stage 2 must "
+                      f"split and read the data as its stage 1 did, or its validation and target images may be "
+                      f"stage-1 training images")
   return problems
 
 
@@ -326,6 +394,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   problems = _file_problems(config)
   if problems:
     raise ConfigFileNotFoundError(problems)
+  if config.init.stage1_workdir:
+    problems = _stage1_problems(config, config.init.stage1_workdir)
+    if problems:
+      raise ConfigError(problems)
 
 
 # ------------------------------------------------------------------------------------------------------ data

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from wbcdg_jax import xla_options  # jax and absl only
+from wbcdg_jax import files, xla_options  # jax and absl only (files: the standard library)
 
 FORMAT = "wbcdg_jax.exported_classifier"
 VERSION = 1
@@ -70,8 +70,7 @@ def export_classifier(bundle: Any, path: str | os.PathLike, *,
       "output": f"float32 [batch, {len(bundle.class_names)}] softmax probabilities in class_names order",
       "platforms": list(platforms), "jax_version": jax.__version__,
   }
-  with open(os.path.join(path, META_FILE), "w") as f:
-    json.dump(meta, f, indent=1)
+  files.write_json(os.path.join(path, META_FILE), meta, indent=1)
   return path
 
 

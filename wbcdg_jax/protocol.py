@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from wbcdg_jax import checkpoint
+from wbcdg_jax import checkpoint, files
 from wbcdg_jax.algorithms import terms_of
 
 METRICS_FILE = "metrics.json"  # the trainer's result file; its presence marks a finished run
@@ -76,17 +76,34 @@ def load_algorithm_config(name: str, preset: str | None = None) -> ml_collection
 
 
 def parse_value(text: str, current):
-  """Parses the command-line text `text` into the type of the config field's current value `current`."""
+  """Parses the command-line text `text` into the type of the config field's current value `current`.
+
+  A tuple is a Python literal ("('a', 'b')", "(0.7, 1.0)") or comma-separated items ("a,b"; each item of the
+  type of the current first item, text when the tuple is empty).
+
+  Raises:
+    ValueError saying what `text` should have been.
+  """
   if isinstance(current, bool):
     if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"{text!r} is not a boolean")
+      raise ValueError(f"{text!r} is not a boolean (true/false/1/0)")
     return text.lower() in ("true", "1")
   if isinstance(current, int):
-    return int(text)
+    try:
+      return int(text)
+    except ValueError:
+      raise ValueError(f"{text!r} is not an integer") from None
   if isinstance(current, float):
-    return float(text)
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"{text!r} is not a number") from None
   if isinstance(current, (tuple, list)):
-    value = ast.literal_eval(text)
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):  # bare items: a,b
+      item = current[0] if current else ""
+      value = tuple(parse_value(part.strip(), item) for part in text.split(",") if part.strip())
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
   return text
 
@@ -95,7 +112,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
   """Applies `section.field=value` strings (as `--config.section.field=value` would) to a copy of `config`.
 
   Raises:
-    ValueError naming the override when it has no '=' or names a field the config does not have.
+    ValueError naming the override when it has no '=', names a field the config does not have, or gives a value
+    that does not parse as the field's type.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   for item in overrides:
@@ -110,7 +128,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       node = node[part]
     if field not in node:
       raise ValueError(f"override {item!r}: config has no field {key!r}")
-    node[field] = parse_value(text, node[field])
+    try:
+      node[field] = parse_value(text, node[field])
+    except ValueError as e:
+      raise ValueError(f"override {item!r}: {e} (config.{key.strip()} is of type {type(node[field]).__name__})"
+                       ) from None
   return config
 
 
@@ -127,7 +149,11 @@ def load_metrics(workdir: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: the run in {workdir} has not finished")
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:  # written in place by a version before files.atomic_open, and cut by a kill
+      raise ValueError(f"{path} is not valid JSON ({e}): delete it and run the same command again to re-report "
+                       f"the run in {workdir} from its checkpoints") from e
 
 
 def predictions_dir(workdir: str, algorithm: str) -> str:
@@ -191,6 +217,10 @@ def run_crossval(config: ml_collections.ConfigDict, workdir: str, *, folds: Sequ
     {'algorithm', 'folds': [k], 'runs': {k: fold workdir}, 'aggregate': {split: {score: mean_std}}}.
   """
   chosen = fold_list(config, folds)
+  if config.get("init", {}).get("stage1_workdir") and len(chosen) > 1:
+    raise ValueError(f"config.init.stage1_workdir={config.init.stage1_workdir!r} is one stage-1 run, trained on one "
+                     f"fold: it cannot serve folds {chosen} (its training images are the other folds' validation "
+                     f"images); leave it empty to train each fold's stage 1, or run only its fold")
   results, runs = [], {}
   for k in tqdm.tqdm(chosen, desc=f"crossval {config.algorithm}", unit="fold"):
     fold_config = apply_overrides(config, [f"data.fold={k}"])
@@ -198,7 +228,7 @@ def run_crossval(config: ml_collections.ConfigDict, workdir: str, *, folds: Sequ
     results.append(run_or_skip(fold_config, runs[k], train_fn))
   summary = {"algorithm": config.algorithm, "sources": list(config.data.sources), "target": config.data.target,
              "folds": chosen, "runs": {str(k): v for k, v in runs.items()}, "aggregate": aggregate(results)}
-  _write_json(os.path.join(workdir, CROSSVAL_FILE), summary)
+  files.write_json(os.path.join(workdir, CROSSVAL_FILE), summary)
   return summary
 
 
@@ -234,7 +264,7 @@ def run_leave_one_domain_out(config: ml_collections.ConfigDict, workdir: str, *,
                       for m in SCORES}
   summary = {"algorithm": config.algorithm, "domains": domains, "per_target": per_target,
              "mean_over_targets": means}
-  _write_json(os.path.join(workdir, LODO_FILE), summary)
+  files.write_json(os.path.join(workdir, LODO_FILE), summary)
   return summary
 
 
@@ -245,14 +275,6 @@ def format_aggregate(agg: dict) -> str:
     parts = [f"{s.replace('f1_', 'F1-')} {v['mean']:.4f} +- {v['std']:.4f}" for s, v in scores.items()]
     lines.append(f"{split:7s} " + "  ".join(parts) + f"  (n={next(iter(scores.values()))['n']})")
   return "\n".join(lines)
-
-
-def _write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)  # a reader never sees half a file
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

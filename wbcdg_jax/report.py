@@ -19,7 +19,6 @@ classes present in the evaluated labels only; the present/absent classes are lis
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Sequence
 
@@ -29,7 +28,7 @@ matplotlib.use("Agg")  # files only; no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from wbcdg_jax import metrics, protocol  # noqa: E402
+from wbcdg_jax import files, metrics, protocol  # noqa: E402
 from wbcdg_jax.classes import CLASS_NAMES  # noqa: E402
 
 PREDICTIONS_FILE = "target_predictions.npz"
@@ -152,7 +151,7 @@ def write_table(rows: list[dict], path_stem: str, title: str) -> None:
     lines.append(f"| {r['algorithm']} | {r['n_runs']} | " + " | ".join(cells) + " |")
   lines += ["", "Mean ± standard deviation (population) over runs; best mean per column in bold. F1-macro averages "
             "the classes present in the evaluated labels only."]
-  with open(path_stem + ".md", "w") as f:
+  with files.atomic_open(path_stem + ".md") as f:
     f.write("\n".join(lines) + "\n")
 
 
@@ -305,6 +304,5 @@ def write_comparison(runs: dict[str, dict[int, str]], out_dir: str, *, pair: Seq
     fold0 = sorted(dist)[0]
     plot_class_distribution(dist[fold0], f"images per class (fold {fold0}; source train/val, target test)",
                             os.path.join(out_dir, "class_distribution.png"))
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  files.write_json(os.path.join(out_dir, "results.json"), results)
   return results

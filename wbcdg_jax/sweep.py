@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wbcdg_jax import protocol
+from wbcdg_jax import files, protocol
 from wbcdg_jax.algorithms import terms_of
 
 SCHEDULE_MIN_STEPS = 1000
@@ -137,7 +137,7 @@ def plan(algorithms: Sequence[str], *, preset: str, num_draws: int, seeds: Seque
 def write_commands(runs: Sequence[dict], path: str) -> None:
   """commands.txt: one train.py command per line (a cluster job array runs line $SLURM_ARRAY_TASK_ID)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
+  with files.atomic_open(path) as f:
     f.write("".join(r["command"] + "\n" for r in runs))
 
 
@@ -187,5 +187,5 @@ def write_summary(runs: Sequence[dict], workdir: str, *, distribution: bool = Tr
   if best:
     labels = {alg: {rid: d for rid, d in b["runs"].items()} for alg, b in best.items()}
     report.write_comparison(labels, os.path.join(workdir, "tables"), distribution=distribution)
-  protocol._write_json(os.path.join(workdir, "sweep.json"), summary)
+  files.write_json(os.path.join(workdir, "sweep.json"), summary)
   return summary

@@ -22,7 +22,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
-from wbcdg_jax import checkpoint, losses, metrics, multihost, sharding
+from wbcdg_jax import checkpoint, files, losses, metrics, multihost, sharding
 from wbcdg_jax.algorithms import terms_of
 from wbcdg_jax.classes import CLASS_NAMES, NUM_CLASSES
 from wbcdg_jax.config_validation import boda_shrinkage, validate_config, validate_data
@@ -145,8 +145,9 @@ def evaluate_target(eval_fn, variables: dict, data: ExperimentData, *, batch_siz
   y, logits = predict_split(eval_fn, variables, data.target, data.target_idx, batch_size=batch_size, mesh=mesh,
                             desc=f"test {data.target.name}", read_threads=read_threads)
   if workdir and _is_main():
-    np.savez(os.path.join(workdir, "target_predictions.npz"), labels=y, logits=logits,
-             indices=data.target_idx, paths=np.asarray(data.target.paths)[data.target_idx])
+    with files.atomic_open(os.path.join(workdir, "target_predictions.npz"), "wb") as f:
+      np.savez(f, labels=y, logits=logits, indices=data.target_idx,
+               paths=np.asarray(data.target.paths)[data.target_idx])
   return {"target": metrics.classification_report(y, logits.argmax(-1), CLASS_NAMES)}
 
 
@@ -211,28 +212,56 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, data: ExperimentD
   per_domain = int(config.data.per_domain_batch)
   sharding.check_global_batch(int(config.data.eval_batch), mesh, "config.data.eval_batch")
 
+  ckpts = checkpoint.StateCheckpoints(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints))
+  start = ckpts.latest_step()
+  reader, restore_reader = _train_reader(config, ckpts, start)
   host_batches = pipeline.make_train_dataset(
       data.sources, data.train_idx, per_domain_batch=per_domain, seed=int(config.seed),
-      sampling="class_balanced" if st.spec.head_only else "uniform", num_workers=int(config.data.num_workers),
+      sampling="class_balanced" if st.spec.head_only else "uniform", num_workers=reader["num_workers"],
       num_threads=int(config.data.num_threads), prefetch=read_ahead(int(config.data.num_threads)),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), start_step=reader["origin"])
   train_iter = iter(sharding.device_batches(host_batches, mesh, prefetch=int(config.data.prefetch)))
   try:
-    return _train_loop(config, workdir, data, st, train_iter, mesh=mesh, steps=steps, stage=stage)
+    return _train_loop(config, workdir, data, st, train_iter, ckpts=ckpts, start=start, reader=reader,
+                       restore_reader=restore_reader, mesh=mesh, steps=steps, stage=stage)
   finally:
     train_iter.close()  # stops the prefetch thread and grain's worker processes
 
 
+def _train_reader(config: ml_collections.ConfigDict, ckpts: checkpoint.StateCheckpoints,
+                  start: int | None) -> tuple[dict, bool]:
+  """The training reader to build, {'num_workers', 'origin': its first step}, and whether to restore the grain
+  state saved at checkpoint `start` into it.
+
+  grain's saved state has a layout per number of worker processes, and counts batches from the reader's origin:
+  a run resumed with another config.data.num_workers (a speed setting) cannot restore it, and starts its reader
+  at the checkpoint's step instead, which gives the same batches (they are a function of the step alone).
+  """
+  reader = {"num_workers": int(config.data.num_workers), "origin": 0}
+  if start is None:
+    return reader, False
+  saved = ckpts.reader_of(start)
+  if saved is None:  # saved before checkpoints named their reader: one from step 0, as this run's
+    return reader, True
+  if int(saved.get("num_workers", -1)) == reader["num_workers"]:
+    return {**reader, "origin": int(saved.get("origin", 0))}, True
+  logging.warning("checkpoint %d was read by %s grain worker processes, this run reads with config.data.num_workers"
+                  "=%d: reading restarts at step %d from the step alone (same batches), not from grain's saved "
+                  "state", start, saved.get("num_workers"), reader["num_workers"], start)
+  return {**reader, "origin": start}, False
+
+
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, data: ExperimentData, st, train_iter, *,
+                ckpts: checkpoint.StateCheckpoints, start: int | None, reader: dict, restore_reader: bool,
                 mesh: jax.sharding.Mesh, steps: int, stage: int) -> dict:
-  """`run_stage`'s loop: `steps` steps on `train_iter`'s device batches, then the selected model's scores."""
+  """`run_stage`'s loop: resumes from checkpoint `start` (None: none yet; `restore_reader`: with the grain state
+  saved there, into `train_iter`), runs to `steps` on `train_iter`'s device batches, then scores the selected model."""
   state, spec = st.state, st.spec
   per_domain = int(config.data.per_domain_batch)
-  ckpts = checkpoint.StateCheckpoints(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints))
   best = checkpoint.BestModel(os.path.join(workdir, "best"))
-  start = ckpts.latest_step()
   if start is not None:
-    state = jax.device_put(ckpts.restore(start, state, train_iter), st.state_sharding)  # the step's layouts
+    restored = ckpts.restore(start, state, train_iter if restore_reader else None)
+    state = jax.device_put(restored, st.state_sharding)  # the step's layouts
     logging.info("resumed %s from step %d", workdir, start)
   start = int(start or 0)
 
@@ -243,35 +272,39 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, data: Experimen
   pending: list[tuple[int, dict]] = []
   t_window = time.perf_counter()
   bar = tqdm.tqdm(total=steps, initial=start, desc=f"stage {stage} {config.algorithm}", disable=not _is_main())
-  for step in range(start, steps):
-    if spec.boda_weight and boda_refresh_due(step, config):
-      state = refresh_boda(state, eval_fn, moments_fn, data, config=config, mesh=mesh)
-    batch = next(train_iter)
-    state, step_metrics = step_fn(state, batch)
-    pending.append((step, step_metrics))
-    done = step + 1
-    last = done == steps
-    if done % int(config.train.log_every) == 0 or last:
-      row = _flush_log(pending, log_path, ckpts, config, t_window, per_domain * data.num_domains)
-      bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['accuracy']:.2f}")
-      pending, t_window = [], time.perf_counter()
-    evaluate_now = done % int(config.train.eval_every) == 0 or last
-    save_now = done % int(config.train.checkpoint_every) == 0 or last
-    if evaluate_now or save_now:
-      _check_params_before_keeping(state, done, ckpts)
-    if evaluate_now:
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
-      scores = evaluate_sources(eval_fn, variables, data, **eval_args)
-      summary = {"step": done, "val_f1_macro": scores["val"]["f1_macro"],
-                 "val_f1_micro": scores["val"]["f1_micro"], "val_accuracy": scores["val"]["accuracy"]}
-      best.offer(done, jax.device_get(variables), summary)
-      _append_json(log_path, {"eval": summary})
-    if save_now:
-      ckpts.save(done, state, train_iter)
-    bar.update(1)
-  bar.close()
-  ckpts.wait()
-  ckpts.close()
+  try:
+    for step in range(start, steps):
+      if spec.boda_weight and boda_refresh_due(step, config):
+        state = refresh_boda(state, eval_fn, moments_fn, data, config=config, mesh=mesh)
+      batch = next(train_iter)
+      state, step_metrics = step_fn(state, batch)
+      pending.append((step, step_metrics))
+      done = step + 1
+      last = done == steps
+      if done % int(config.train.log_every) == 0 or last:
+        row = _flush_log(pending, log_path, ckpts, config, t_window, per_domain * data.num_domains)
+        bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['accuracy']:.2f}")
+        pending, t_window = [], time.perf_counter()
+      evaluate_now = done % int(config.train.eval_every) == 0 or last
+      save_now = done % int(config.train.checkpoint_every) == 0 or last
+      if evaluate_now or save_now:
+        if config.train.on_nonfinite == "stop":  # the steps since the last log row, before anything is kept
+          _stop_on_nonfinite(pending, jax.device_get([m for _, m in pending]), ckpts)
+        _check_params_before_keeping(state, done, ckpts)
+      if evaluate_now:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        scores = evaluate_sources(eval_fn, variables, data, **eval_args)
+        summary = {"step": done, "val_f1_macro": scores["val"]["f1_macro"],
+                   "val_f1_micro": scores["val"]["f1_micro"], "val_accuracy": scores["val"]["accuracy"]}
+        best.offer(done, jax.device_get(variables), summary)
+        _append_json(log_path, {"eval": summary})
+      if save_now:
+        ckpts.save(done, state, train_iter, reader=reader)
+      bar.update(1)
+  finally:  # stopped by an error too, the checkpoint being written completes: the one the error names as last good
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
 
   selected = {k: np.asarray(v) for k, v in best.best_metrics().items()}
   variables = best.restore()
@@ -287,18 +320,26 @@ def _flush_log(pending, log_path, ckpts, config, t_window: float, global_batch: 
   """Writes the mean metrics of the window as one JSON line and enforces the non-finite policy."""
   host = jax.device_get([m for _, m in pending])  # waits for the window's last step
   seconds = time.perf_counter() - t_window
-  for (step, _), m in zip(pending, host):
-    if m["finite"] < 1 and config.train.on_nonfinite == "stop":
-      terms = {k: float(v) for k, v in m.items()}
-      raise NonFiniteLossError(
-          f"non-finite loss or gradient at step {step}: {terms}; the update was not applied. Last good checkpoint: "
-          f"step {ckpts.latest_step()} in {ckpts.manager.directory} (set config.train.on_nonfinite='skip' "
-          f"to skip such updates)")
+  if config.train.on_nonfinite == "stop":
+    _stop_on_nonfinite(pending, host, ckpts)
   row = {"step": pending[-1][0] + 1}
   row.update({k: float(np.mean([m[k] for m in host])) for k in host[0]})
   row["images_per_s"] = len(pending) * global_batch / max(seconds, 1e-9)
   _append_json(log_path, row)
   return row
+
+
+def _stop_on_nonfinite(pending, host, ckpts) -> None:
+  """config.train.on_nonfinite='stop': raises at the first of the `pending` steps (their metrics `host`, fetched)
+  whose loss or gradient was not finite. Checked at every log row and before every checkpoint and evaluation, so
+  that no state after such a step is kept: a rerun of the command would resume past it."""
+  for (step, _), m in zip(pending, host):
+    if m["finite"] < 1:
+      terms = {k: float(v) for k, v in m.items()}
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {step}: {terms}; the update was not applied. Last good checkpoint: "
+          f"step {ckpts.latest_step()} in {ckpts.manager.directory} (set config.train.on_nonfinite='skip' "
+          f"to skip such updates)")
 
 
 def _truncate_log(path: str, step: int) -> None:
@@ -317,10 +358,8 @@ def _truncate_log(path: str, step: int) -> None:
     if line.endswith("\n") and row.get("step", row.get("eval", {}).get("step", 0)) <= step:
       keep.append(line)
   if len(keep) != len(lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_open(path) as f:  # a kill now leaves either log whole
       f.writelines(keep)
-    os.replace(tmp, path)  # atomic: a kill now leaves either log whole
 
 
 def _append_json(path: str, row: dict) -> None:
@@ -353,6 +392,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "processes": jax.process_count(),
                  "platform": jax.devices()[0].platform})
   if _is_main():
-    with open(os.path.join(workdir, METRICS_FILE), "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(os.path.join(workdir, METRICS_FILE), result)  # last: it marks the run finished
   return result

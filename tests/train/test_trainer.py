@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -110,6 +111,44 @@ def test_state_and_iterator_checkpoint_round_trip(data_dir, tmp_path):
     np.testing.assert_array_equal(got_next[k], expected_next[k])
 
 
+def test_resume_with_another_number_of_worker_processes_reads_the_same_batches(data_dir, tmp_path):
+  # grain's saved iterator state has a layout per worker count: restoring it into a reader with another
+  # config.data.num_workers failed inside grain. The reader restarts at the checkpoint's step instead.
+  config = _config(erm, data_dir)
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  ckpts = checkpoint.StateCheckpoints(os.path.join(workdir, "checkpoints"))
+  assert ckpts.reader_of(4) == {"num_workers": 0, "origin": 0}
+  ckpts.close()
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
+  for name in ("checkpoints/4", "best", "metrics.json"):  # back to the checkpoint at step 2, as if killed after it
+    path = os.path.join(workdir, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+  config.data.num_workers = 1
+  trainer.train_and_evaluate(config, workdir)
+  again = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
+  losses = lambda rs: [(r["step"], r["ce"]) for r in rs if "step" in r]
+  assert losses(again) == losses(rows)  # steps 3 and 4 saw the same batches
+  ckpts = checkpoint.StateCheckpoints(os.path.join(workdir, "checkpoints"))
+  assert ckpts.reader_of(4) == {"num_workers": 1, "origin": 2}
+  ckpts.close()
+
+
+def test_resume_restores_the_saved_reader_when_it_is_the_same(data_dir, tmp_path):
+  config = _config(erm, data_dir)
+  ckpts = checkpoint.StateCheckpoints(str(tmp_path / "checkpoints"), keep=3)
+  assert trainer._train_reader(config, ckpts, None) == ({"num_workers": 0, "origin": 0}, False)
+  state = {"w": np.zeros(2, np.float32)}
+  for step, reader in ((3, None), (5, {"num_workers": 0, "origin": 3}), (7, {"num_workers": 2, "origin": 0})):
+    ckpts.save(step, state, None, reader=reader)
+  ckpts.wait()
+  assert trainer._train_reader(config, ckpts, 3) == ({"num_workers": 0, "origin": 0}, True)  # older checkpoints
+  assert trainer._train_reader(config, ckpts, 5) == ({"num_workers": 0, "origin": 3}, True)
+  assert trainer._train_reader(config, ckpts, 7) == ({"num_workers": 0, "origin": 7}, False)
+  ckpts.close()
+
+
 def test_config_validation_names_the_field(data_dir):
   config = _config(erm, data_dir)
   config.data.target = config.data.sources[0]
@@ -201,6 +240,19 @@ def test_nonfinite_loss_stops_the_run_naming_step_terms_and_checkpoint(data_dir,
   assert "at step 1" in message and "'ce': nan" in message and "'total': nan" in message
   assert f"Last good checkpoint: step 1 in {os.path.join(workdir, 'checkpoints')}" in message
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def test_nonfinite_step_stops_the_run_before_a_checkpoint_between_log_rows(data_dir, tmp_path):
+  # Log rows every 4 steps, checkpoints every step: step 1 diverges, and the checkpoint after step 2 must not be
+  # kept (a rerun of the command would resume from it, past the step that should have stopped the run).
+  config = _diverging_config(data_dir)
+  config.train.log_every = 4
+  workdir = str(tmp_path / "diverged")
+  with pytest.raises(trainer.NonFiniteLossError, match="at step 1: .* Last good checkpoint: step 1 in"):
+    trainer.train_and_evaluate(config, workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+  with pytest.raises(trainer.NonFiniteLossError, match="at step 1"):  # and the rerun stops again
+    trainer.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
