@@ -17,9 +17,12 @@
 #   rest   input pipeline (read as the trainer reads by default, in threads, and also by 12x4, 0x8 and 0x16
 #          worker processes x threads), BoDA refresh (4, 8, 16 reading threads), scaling, the GPU test subset
 #                                                                                                     (~3-4 min)
-# A session has 15 device minutes, machine start included (~30 s): `full`, then `rest` on the still-warm machine
-# (session 13: 172 s with the compilation cache of `full`, before the readers and thread counts were added) with
-# LIMIT=220 TEST_LIMIT=0 (the GPU tests ran in `full`'s time left), then give the machine back.
+# A session has 15 device minutes, the machine's start (a minute or more), idle waits and transfers included; the
+# lent kind is now an H200 (same run, same ratios: the issue's targets are ratios measured in one run): `full`
+# (run timeout_s 600), then at once `rest` on the still-warm machine with LIMIT set from the reply's
+# lease.budget_left_s minus ~60 s (at most 220; session 13's rest took 172 s with `full`'s compilation cache,
+# before the readers and thread counts were added) and TEST_LIMIT=0 (the GPU tests ran in `full`'s time left),
+# then give the machine back. Short of time, CALL_LIMIT=480 ends `full` without the GPU tests.
 # dry run here: PYTHON=/path/to/venv/bin/python WHEELS=0 BENCH_ARGS=--smoke OUT=/tmp/dry bash ... PART
 # then, here: python launch/benchmark.py --merge=<the parts' JSON files> --json=... gives one table and the targets.
 #
