@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -177,6 +178,21 @@ def test_crossval_runs_each_fold_once_and_aggregates(tmp_path):
   assert len(fake.calls) == 2  # finished folds are not trained again
   with pytest.raises(ValueError, match="fold 2 is outside 0..1"):
     protocol.run_crossval(_tiny_config(), wd, folds=[2], train_fn=fake)
+
+
+def test_a_finished_run_kept_for_another_config_is_named(tmp_path, caplog):
+  fake = FakeTrainer()
+  wd = str(tmp_path / "cv")
+  protocol.run_crossval(_tiny_config(), wd, folds=[0], train_fn=fake)
+  with caplog.at_level(logging.WARNING):
+    protocol.run_crossval(_tiny_config(), wd, folds=[0], train_fn=fake)
+  assert not caplog.records  # the same config: nothing to say
+  changed = protocol.apply_overrides(_tiny_config(), ["optim.lr=0.5"])
+  with caplog.at_level(logging.WARNING):
+    protocol.run_crossval(changed, wd, folds=[0], train_fn=fake)
+  assert len(fake.calls) == 1  # kept, not retrained
+  assert f"kept the finished run in {os.path.join(wd, 'fold_0')}" in caplog.text
+  assert f"config.optim.lr: {_tiny_config().optim.lr!r} -> 0.5" in caplog.text
 
 
 def test_crossval_refuses_one_stage1_run_for_several_folds(tmp_path):

@@ -129,6 +129,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _flat(tree: Any, prefix: str = "config") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+  return {prefix: tree}
+
+
+def config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+  """'config.section.field: saved -> new' for every field where `config` differs from the config.json the run
+  in `workdir` saved ([] when it saved none)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  return [f"{k}: {saved.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+          for k in sorted(set(saved) | set(new)) if saved.get(k, "(absent)") != new.get(k, "(absent)")]
+
+
 @dataclasses.dataclass(frozen=True)
 class InferenceBundle:
   """Everything needed to run a trained classifier on new images."""

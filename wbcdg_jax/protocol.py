@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import logging
 import os
 from typing import Callable, Sequence
 
@@ -164,6 +165,10 @@ def predictions_dir(workdir: str, algorithm: str) -> str:
 def run_or_skip(config: ml_collections.ConfigDict, workdir: str, train_fn: TrainFn | None = None) -> dict:
   """Returns the metrics of the run in `workdir`, training it first unless its metrics.json already exists."""
   if is_finished(workdir):
+    changes = checkpoint.config_changes(workdir, config)
+    if changes:  # the finished run's scores are kept, not those of the config asked for
+      logging.warning("kept the finished run in %s, made with another config (use another folder to train this one):"
+                      " %s", workdir, "; ".join(changes))
     return load_metrics(workdir)
   return (train_fn or _default_train_fn)(config, workdir)
 

@@ -374,6 +374,10 @@ def _append_json(path: str, row: dict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured algorithm end to end and writes `metrics.json` in `workdir`."""
   validate_config(config)
+  changes = checkpoint.config_changes(workdir, config)
+  if changes and _is_main():  # e.g. a sweep's command rerun in the wrong folder, or a deliberate change of speed
+    logging.warning("%s holds a run made with another config; it resumes from that run's checkpoints with the new "
+                    "values (config.json is rewritten): %s", workdir, "; ".join(changes))
   checkpoint.save_config(workdir, config)
   with multihost.main_process_first("load_experiment_data"):  # process 0 alone builds missing synthetic domains
     data = load_experiment_data(config)

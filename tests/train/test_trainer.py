@@ -1,6 +1,7 @@
 """End to end on the embedded synthetic data at the `tiny` preset: train, select, evaluate, resume, stage 2."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -111,7 +112,7 @@ def test_state_and_iterator_checkpoint_round_trip(data_dir, tmp_path):
     np.testing.assert_array_equal(got_next[k], expected_next[k])
 
 
-def test_resume_with_another_number_of_worker_processes_reads_the_same_batches(data_dir, tmp_path):
+def test_resume_with_another_number_of_worker_processes_reads_the_same_batches(data_dir, tmp_path, caplog):
   # grain's saved iterator state has a layout per worker count: restoring it into a reader with another
   # config.data.num_workers failed inside grain. The reader restarts at the checkpoint's step instead.
   config = _config(erm, data_dir)
@@ -126,7 +127,10 @@ def test_resume_with_another_number_of_worker_processes_reads_the_same_batches(d
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
   config.data.num_workers = 1
-  trainer.train_and_evaluate(config, workdir)
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(config, workdir)
+  assert "holds a run made with another config" in caplog.text and "config.data.num_workers: 0 -> 1" in caplog.text
+  assert "reading restarts at step 2 from the step alone" in caplog.text
   again = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
   losses = lambda rs: [(r["step"], r["ce"]) for r in rs if "step" in r]
   assert losses(again) == losses(rows)  # steps 3 and 4 saw the same batches
