@@ -145,7 +145,7 @@ def _type_name(value: Any) -> str:
 EMPTY_TUPLE_ELEMENTS: dict[str, Any] = {"data.stored_variants": ""}
 
 
-def _type_problem(name: str, ref: Any, value: Any) -> str | None:
+def type_problem(name: str, ref: Any, value: Any) -> str | None:
   """A message when `value` cannot stand for the reference value `ref` of field `name`, else None."""
   if ref is None:
     return None
@@ -169,7 +169,7 @@ def _type_problem(name: str, ref: Any, value: Any) -> str | None:
     elem = ref[0] if ref else EMPTY_TUPLE_ELEMENTS.get(name.removeprefix("config."))
     if elem is not None:
       for i, item in enumerate(value):
-        problem = _type_problem(f"{name}[{i}]", elem, item)
+        problem = type_problem(f"{name}[{i}]", elem, item)
         if problem:
           return problem
     return None
@@ -196,7 +196,7 @@ def _structure_and_types(ref: dict, user: dict, prefix: str, optional: set[str],
       else:
         _structure_and_types(ref_sub, user_sub, name, optional, problems)
       continue
-    problem = _type_problem(name, ref[key], user[key])
+    problem = type_problem(name, ref[key], user[key])
     if problem:
       problems.append(problem)
   for key in ref:

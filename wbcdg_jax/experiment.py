@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Mapping
 
 import ml_collections
 import numpy as np
 
 from data_pipelines import base_builder, folds, registry
+from wbcdg_jax import config_validation
 
 SYNTHETIC_PREFIX = "synthetic_wbc/"
 DOMAIN_OPTIONS_FIELD = "config.data.domain_options"
@@ -71,21 +71,6 @@ def domain_option_names(builder: str) -> tuple[str, ...]:
       builder, ())
 
 
-def _value_problem(field: str, default: Any, value: Any) -> str | None:
-  """A message when `value` does not have the type of the option's default (bool, int, float or str)."""
-  if isinstance(default, bool):
-    ok, expected = isinstance(value, (bool, np.bool_)), "bool"
-  elif isinstance(default, numbers.Integral):
-    ok, expected = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)), "int"
-  elif isinstance(default, numbers.Real):
-    ok, expected = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)), "float (or int)"
-  elif isinstance(default, str):
-    ok, expected = isinstance(value, str), "str"
-  else:
-    return None
-  return None if ok else f"{field} should be {expected}, got {type(value).__name__} {value!r}"
-
-
 def _entry_problems(key: Any, options: Any) -> list[str]:
   """Problems of one entry config.data.domain_options[key] = options."""
   if not isinstance(key, str):
@@ -116,7 +101,7 @@ def _entry_problems(key: Any, options: Any) -> list[str]:
       problems.append(f"{name} is not an option of {builder} ({config_cls.__name__}); valid options: "
                       f"{', '.join(valid)}")
     else:
-      problem = _value_problem(name, defaults.get(option), value)
+      problem = config_validation.type_problem(name, defaults.get(option), value)
       if problem:
         problems.append(problem)
   return problems
